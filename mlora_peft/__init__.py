@@ -1,0 +1,22 @@
+"""mlora-peft: MLoRA multi-domain low-rank adapters as a PEFT method.
+
+Importing the package registers the method with PEFT, so `peft.get_peft_model`,
+`PeftConfig.from_pretrained` and `PeftModel.from_pretrained` know `MultiDomainLoraConfig`.
+"""
+
+from .config import MultiDomainLoraConfig
+from .layer import MultiDomainLoraLayer
+from .model import MultiDomainLoraModel
+from .registration import register
+from .routing import domain_context
+
+register()
+
+__version__ = "0.1.0"
+__all__ = [
+    "MultiDomainLoraConfig",
+    "MultiDomainLoraLayer",
+    "MultiDomainLoraModel",
+    "domain_context",
+    "register",
+]
