@@ -175,6 +175,24 @@ class MultiDomainLoraModel(BaseTuner):
             return adapters
         return {**{k: v for k, v in state_dict.items() if not _is_adapter_key(k)}, **adapters}
 
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Map saved keys to the model and refuse missing or mis-shaped adapter tensors."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        expected = {k: v.shape for k, v in model.state_dict().items()
+                    if _is_adapter_key(k) and k.endswith(f".{adapter_name}")}
+        missing = sorted(k for k in expected if k not in remapped)
+        wrong = [f"{k}: saved {tuple(remapped[k].shape)}, model {tuple(shape)}"
+                 for k, shape in expected.items() if k in remapped and remapped[k].shape != shape]
+        if missing or wrong:
+            details = "; ".join(wrong[:3] + [f"{k}: not in the saved adapter" for k in missing[:3]])
+            raise ValueError(
+                f"The saved adapter does not fit this model ({len(wrong)} shape mismatches, {len(missing)} "
+                f"missing tensors; {details}). Load it onto the base model it was trained with, with the "
+                "adapter_config.json saved beside it."
+            )
+        return remapped
+
 
 def _is_adapter_key(key: str) -> bool:
     return any(f".{part}." in f".{key}." for part in MultiDomainLoraLayer.adapter_layer_names)

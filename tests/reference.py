@@ -37,3 +37,40 @@ def layer_reference(layer, x: Tensor, domain_ids: Tensor, adapter: str = "defaul
         x, base.weight, base.bias, layer.mdlora_A[adapter], layer.mdlora_B[adapter], bias, domain_ids,
         layer.scaling[adapter],
     )
+
+
+def rows_of(inputs, index: int):
+    """Row `index` of a tensor or of every tensor in a batch dict, keeping the batch axis."""
+    if isinstance(inputs, dict):
+        return {k: v[index : index + 1] for k, v in inputs.items()}
+    return inputs[index : index + 1]
+
+
+def model_reference(base_model, peft_inner, inputs, domain_ids: Tensor, adapter: str = "default") -> Tensor:
+    """Run `base_model` one sample at a time with each adapted Linear's weights replaced by
+    `W + s B_d A_d` and `b + b_d` for that sample's domain, built from `peft_inner`'s own tensors
+    (so gradients flow to them). Independent of the layer's routing code."""
+    from torch.func import functional_call
+
+    from mlora_peft import MultiDomainLoraLayer
+
+    layers = {n: m for n, m in peft_inner.named_modules() if isinstance(m, MultiDomainLoraLayer)}
+    outputs = []
+    for n in range(domain_ids.shape[0]):
+        d = int(domain_ids[n])
+        params = {}
+        for name, layer in layers.items():
+            base = layer.base_layer
+            params[f"{name}.weight"] = base.weight + layer.scaling[adapter] * (
+                layer.mdlora_B[adapter][d] @ layer.mdlora_A[adapter][d]
+            )
+            bias = base.bias if base.bias is not None else torch.zeros_like(base.weight[:, 0])
+            if adapter in layer.mdlora_bias:
+                bias = bias + layer.mdlora_bias[adapter][d]
+            params[f"{name}.bias"] = bias
+        for name, param in peft_inner.named_parameters():
+            clean = name.replace(".base_layer", "")
+            if "mdlora_" not in name and clean not in params:
+                params[clean] = param
+        outputs.append(functional_call(base_model, params, (rows_of(inputs, n),)))
+    return torch.cat(outputs)
