@@ -168,3 +168,30 @@ def test_peft_model_from_pretrained_is_a_peft_model(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(reference_copy, tmp_path)
     assert isinstance(loaded.base_model, mlora_peft.MultiDomainLoraModel)
+
+
+def test_disable_adapter_and_unload_give_the_base_model():
+    model, reference_copy = build("PlainMLP", num_domains=3, r=2, init_weights=False)
+    x, ids = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with model.disable_adapter():
+        torch.testing.assert_close(model(x, domain_ids=ids), reference_copy(x))
+    assert not torch.allclose(model(x, domain_ids=ids), reference_copy(x))
+    plain = model.unload()
+    assert not plain._forward_pre_hooks and not any(isinstance(m, MultiDomainLoraLayer) for m in plain.modules())
+    torch.testing.assert_close(plain(x), reference_copy(x))
+
+
+def test_second_adapter_routes_with_its_own_domains_and_two_active_are_refused():
+    model, _ = build("PlainMLP", num_domains=2, r=2, init_weights=False)
+    model.add_adapter("markets", MultiDomainLoraConfig(domain_names=["de", "fr", "it"], r=1, init_weights=False))
+    x = torch.randn(6, 6)
+    first = model(x, domain_ids=[0, 1, 0, 1, 0, 1])
+    model.set_adapter("markets")
+    second = model(x, domain_ids=["de", "fr", "it", "it", "fr", "de"])
+    assert not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="Domain id 2 is out of range: this adapter has 2 domains"):
+        model.set_adapter("default")
+        model(x, domain_ids=[2] * 6)
+    model.base_model.set_adapter(["default", "markets"])
+    with pytest.raises(ValueError, match=r"one adapter at a time.*set_adapter"):
+        model(x, domain_ids=0)
