@@ -3,33 +3,36 @@
     accelerate launch recipes/train.py                                   # recipes/configs/default.yaml
     accelerate launch recipes/train.py --config recipes/configs/tiny.yaml train.lr=3e-3 mlora.mode=two_stage
 
-Reads top to bottom: config, Accelerator, data, model, optimiser, loop with early stopping on
-mean per-domain validation AUC, per-domain test report, save. Modes: `joint` (backbone and
-adapters from scratch, the paper's main regime), `two_stage` (shared backbone first, then only
-the adapters, with A randomly initialised) and `none` (the plain backbone).
+Reads top to bottom: config, Accelerator, data, model, optimiser, prepare, resume, loop with
+early stopping on per-domain validation AUC, per-domain test report, save. Modes: `joint`
+(backbone and adapters from scratch, the paper's main regime), `two_stage` (the shared backbone
+on all domains first, then only the adapters with a fresh optimiser state, A randomly
+initialised) and `none` (the plain backbone). `train.checkpoint_every=N` saves the full state
+every N steps; `train.resume=true` continues from the newest complete checkpoint exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
-import math
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from peft import get_peft_model
+from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 import mlora_peft
+from mlora_peft.evaluation import evaluate, gain_table, plot_report, predict
 from mlora_peft.metrics import domain_report
 from mlora_peft.synthetic import make_synthetic_ctr
 
@@ -64,16 +67,21 @@ class MloraSettings:
 class TrainSettings:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
     batch_size: int = field(default=1024, metadata={"help": "Global batch size (split over processes)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
     max_epochs: int = field(default=20, metadata={"help": "Epochs per stage at most."})
-    patience: int = field(default=3, metadata={"help": "Epochs without a better validation mean AUC."})
-    seed: int = field(default=0, metadata={"help": "Seed of the initialisation and shuffling."})
+    patience: int = field(default=3, metadata={"help": "Epochs without a better validation score before stopping."})
+    early_stopping_metric: str = field(default="mean_auc", metadata={"help": "mean_auc or wauc (validation)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the initialisation, shuffling and dropout."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (accelerate)."})
+    checkpoint_every: int = field(default=0, metadata={"help": "Save the full state every N steps (0: never)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint."})
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = field(default="runs/default", metadata={"help": "Where results and adapters go."})
-    compare_with_plain: bool = field(default=True, metadata={"help": "Also train the plain backbone."})
+    output_dir: str = field(default="runs/default", metadata={"help": "Where results, checkpoints and adapters go."})
+    compare_with_plain: bool = field(default=True, metadata={"help": "Also train the plain backbone and show gains."})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mlora: MloraSettings = field(default_factory=MloraSettings)
@@ -112,7 +120,7 @@ class ColumnDataset(torch.utils.data.Dataset):
     """Columns as tensors; a batch of indices is gathered in one step (no per-row Python)."""
 
     def __init__(self, split) -> None:
-        self.columns = {k: v for k, v in split.with_format("torch")[:].items()}
+        self.columns = dict(split.with_format("torch")[:].items())
 
     def __len__(self) -> int:
         return len(self.columns["label"])
@@ -123,6 +131,23 @@ class ColumnDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> dict:
         index = torch.as_tensor(indices)
         return {k: v[index] for k, v in self.columns.items()}
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A permutation fixed by (seed, epoch): the same order on every process and after a resume."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class IdMLP(nn.Module):
@@ -146,131 +171,223 @@ class IdMLP(nn.Module):
         return self.head(self.tower(torch.cat(features, -1))).squeeze(-1)  # (N,) logits
 
 
-# ---------------------------------------------------------------------------------- training
-def fit(model, loaders, accelerator, cfg: TrainConfig, domain_names, tag: str):
-    """Adam + BCE with early stopping on mean validation AUC; returns the best model (unwrapped)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders["train"])
-    loss_fn = nn.BCEWithLogitsLoss()
-    best, best_state, waited = -math.inf, None, 0
-    for epoch in range(cfg.train.max_epochs):
-        model.train()
-        total, seen = 0.0, 0
-        for batch in train_loader:
-            loss = loss_fn(model(batch), batch["label"])
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            total, seen = total + loss.item() * len(batch["label"]), seen + len(batch["label"])
-        report = evaluate(model, loaders["validation"], accelerator, domain_names)
-        score = report["mean_auc"] if report["mean_auc"] is not None else -math.inf
-        accelerator.print(f"[{tag}] epoch {epoch + 1}: train loss {total / max(seen, 1):.4f}, "
-                          f"validation mean AUC {score:.4f}, WAUC {report['wauc']:.4f}")
-        if score > best:
-            best, waited = score, 0
-            best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-        else:
-            waited += 1
-            if waited >= cfg.train.patience:
-                break
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.load_state_dict(best_state)
-    return unwrapped
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator, domain_names) -> dict:
-    """Per-domain report over a loader, with predictions gathered from every process."""
-    model.eval()
-    labels, probs, domains = [], [], []
-    for batch in loader:
-        logits = model(batch)
-        gathered = accelerator.gather_for_metrics((batch["label"], torch.sigmoid(logits.float()), batch["domain_id"]))
-        for store, value in zip((labels, probs, domains), gathered):
-            store.append(value.cpu())
-    return domain_report(torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(domains).numpy(), domain_names)
-
-
-def build_and_train(mode: str, data, loaders, accelerator, cfg: TrainConfig, domain_names):
-    """Train one model in `mode` (joint, two_stage or none) and return it."""
-    set_seed(cfg.train.seed)
+def build_model(cfg: TrainConfig, data, domain_names: list[str]) -> nn.Module:
+    """The backbone, wrapped with MLoRA unless mode is none (two_stage starts with adapters frozen)."""
     backbone = IdMLP(int(max(data["train"]["user"])) + 1, int(max(data["train"]["item"])) + 1,
                      len(domain_names), cfg.model)
-    adapter = dict(domain_names=domain_names, r=cfg.mlora.r, rank_divisor=cfg.mlora.rank_divisor)
-    if mode == "none":
-        return fit(backbone, loaders, accelerator, cfg, domain_names, "plain")
-    if mode == "joint":
-        model = get_peft_model(backbone, mlora_peft.MultiDomainLoraConfig(**adapter, train_base=True))
-        return fit(model, loaders, accelerator, cfg, domain_names, "mlora joint")
-    if mode == "two_stage":
-        shared = fit(backbone, loaders, accelerator, cfg, domain_names, "stage 1: shared")
-        model = get_peft_model(shared, mlora_peft.MultiDomainLoraConfig(**adapter))
-        return fit(model, loaders, accelerator, cfg, domain_names, "stage 2: adapters")
-    raise ValueError(f"mlora.mode={mode!r}: use joint, two_stage or none.")
+    if cfg.mlora.mode == "none":
+        return backbone
+    adapter = mlora_peft.MultiDomainLoraConfig(domain_names=domain_names, r=cfg.mlora.r,
+                                               rank_divisor=cfg.mlora.rank_divisor, train_base=True)
+    return get_peft_model(backbone, adapter)
+
+
+# ---------------------------------------------------------------------------------- training state
+STAGES = {"joint": ["joint"], "two_stage": ["shared", "adapters"], "none": ["plain"]}
+
+
+class TrainingState:
+    """Where training is (stage, epoch, step) and the early-stopping record; saved in checkpoints."""
+
+    def __init__(self) -> None:
+        self.stage, self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0, 0
+        self.best_score, self.waited, self.best_weights = float("-inf"), 0, {}
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def set_stage(model: nn.Module, optimizer: torch.optim.Optimizer, stage: str, lr: float) -> None:
+    """Which parameter group learns in `stage`: base (group 0), adapters (group 1) or both.
+
+    A frozen group keeps its parameters (learning rate 0), so the model's structure, the
+    optimiser and the distributed wrapper stay the same across stages and checkpoints.
+    """
+    learning = {"joint": (lr, lr), "plain": (lr, lr), "shared": (lr, 0.0), "adapters": (0.0, lr)}[stage]
+    for group, group_lr in zip(optimizer.param_groups, learning):
+        group["lr"] = group_lr
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    base = [p for n, p in model.named_parameters() if "mdlora_" not in n]
+    adapters = [p for n, p in model.named_parameters() if "mdlora_" in n]
+    return torch.optim.Adam([{"params": base}, {"params": adapters}], lr=lr)
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: TrainingState, keep: int) -> None:
+    """`save_state` into a temporary folder renamed into place, so a kill never leaves half a checkpoint."""
+    final = out_dir / "checkpoints" / f"step_{state.global_step:09d}"
+    tmp = final.with_name(final.name + ".tmp")
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        for old in complete_checkpoints(out_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def complete_checkpoints(out_dir: Path) -> list[Path]:
+    folder = out_dir / "checkpoints"
+    return sorted(p for p in folder.glob("step_*") if not p.name.endswith(".tmp")) if folder.exists() else []
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
 
 
-def format_table(report: dict, plain: Optional[dict]) -> str:
-    """Per-domain rows, AUC and (when a plain run is given) the gain over it."""
-    lines = [f"{'domain':<10}{'rows':>8}{'pos':>7}{'AUC':>9}" + (f"{'plain':>9}{'gain':>9}" if plain else "")]
-    for name, row in report["per_domain"].items():
-        auc = "n/a" if row["auc"] is None else f"{row['auc']:.4f}"
-        line = f"{name:<10}{row['rows']:>8}{row['positives']:>7}{auc:>9}"
-        if plain:
-            base = plain["per_domain"][name]["auc"]
-            gain = "n/a" if None in (base, row["auc"]) else f"{row['auc'] - base:+.4f}"
-            line += f"{'n/a' if base is None else f'{base:.4f}':>9}{gain:>9}"
-        lines.append(line)
-    total = f"{'WAUC':<25}{report['wauc']:>9.4f}"
-    if plain:
-        total += f"{plain['wauc']:>9.4f}{report['wauc'] - plain['wauc']:>+9.4f}"
-    return "\n".join(lines + [total])
-
-
-def main(cfg: TrainConfig) -> dict:
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    accelerator.print(yaml.safe_dump({"resolved config": dataclasses.asdict(cfg)}, sort_keys=False))
-    out_dir = Path(cfg.output_dir)
+def train(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Train one model as `cfg` says; returns the test report with config and parameter counts."""
+    # -- Accelerator
+    trackers = "tensorboard" if _has("tensorboard") else None
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(out_dir),
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+    set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    accelerator.init_trackers("mlora", config=_flat(dataclasses.asdict(cfg)))
 
+    # -- data
     data = make_synthetic_ctr(**dataclasses.asdict(cfg.data))
     domain_names = [f"domain_{d}" for d in range(cfg.data.num_domains)]
     per_process = max(cfg.train.batch_size // accelerator.num_processes, 1)
-    loaders = {
-        name: torch.utils.data.DataLoader(ColumnDataset(split), batch_size=per_process, shuffle=name == "train",
-                                          collate_fn=lambda batch: batch)
-        for name, split in data.items()
-    }
-    loaders["validation"], loaders["test"] = accelerator.prepare(loaders["validation"], loaders["test"])
+    shuffle = EpochShuffle(len(data["train"]), cfg.train.seed)
+    loaders = {name: torch.utils.data.DataLoader(ColumnDataset(split), batch_size=per_process, collate_fn=_identity,
+                                                 sampler=shuffle if name == "train" else None)
+               for name, split in data.items()}
 
-    model = build_and_train(cfg.mlora.mode, data, loaders, accelerator, cfg, domain_names)
-    report = evaluate(model, loaders["test"], accelerator, domain_names)
-    plain_report = None
-    if cfg.compare_with_plain and cfg.mlora.mode != "none":
-        plain = build_and_train("none", data, loaders, accelerator, cfg, domain_names)
-        plain_report = evaluate(plain, loaders["test"], accelerator, domain_names)
+    # -- model, optimiser, prepare
+    model = build_model(cfg, data, domain_names)
+    optimizer = make_optimizer(model, cfg.train.lr)
+    model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
+        model, optimizer, loaders["train"], loaders["validation"], loaders["test"])
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
 
-    adapters = sum(p.numel() for n, p in model.named_parameters() if "mdlora_" in n)
+    # -- resume
+    checkpoints = complete_checkpoints(out_dir)
+    if cfg.train.resume and checkpoints:
+        accelerator.load_state(str(checkpoints[-1]))
+        accelerator.print(f"Resumed from {checkpoints[-1]} (stage {state.stage}, epoch {state.epoch + 1}, "
+                          f"step {state.step_in_epoch} of the epoch)")
+
+    # -- loop
+    stages, loss_fn = STAGES[cfg.mlora.mode], nn.BCEWithLogitsLoss()
+    log_path = out_dir / "log.jsonl"
+    while state.stage < len(stages):
+        stage = stages[state.stage]
+        set_stage(model, optimizer, stage, cfg.train.lr)
+        while state.epoch < cfg.train.max_epochs and state.waited < cfg.train.patience:
+            shuffle.set_epoch(state.epoch)
+            model.train()
+            batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+            bar = tqdm(batches, desc=f"{stage} epoch {state.epoch + 1}", initial=state.step_in_epoch,
+                       total=len(train_loader), leave=False,
+                       disable=None if accelerator.is_local_main_process else True)  # None: off when not a TTY
+            for batch in bar:
+                with accelerator.accumulate(model):
+                    loss = loss_fn(model(batch), batch["label"])
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if cfg.train.checkpoint_every and state.global_step % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(accelerator, out_dir, state, cfg.train.keep_checkpoints)
+            report = evaluate(model, valid_loader, accelerator, domain_names)
+            score = report[cfg.train.early_stopping_metric]
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            improved = score is not None and score > state.best_score
+            if improved:
+                state.best_score, state.waited = score, 0
+                state.best_weights = {k: v.detach().cpu().clone()
+                                      for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            else:
+                state.waited += 1
+            _log(accelerator, log_path, state, stage, loss.item(), report)
+            accelerator.print(f"[{stage}] epoch {state.epoch}: validation {cfg.train.early_stopping_metric} "
+                              f"{_fmt(score)}{' (best)' if improved else ''}")
+        accelerator.unwrap_model(model).load_state_dict(state.best_weights)  # the best epoch of this stage
+        state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
+        state.best_score, state.waited = float("-inf"), 0
+        optimizer.state.clear()  # a fresh optimiser state for the next stage
+
+    # -- per-domain evaluation and save
+    predictions = predict(model, test_loader, accelerator)
+    report = domain_report(predictions["label"], predictions["probability"], predictions["domain_id"], domain_names)
+    unwrapped = accelerator.unwrap_model(model)
+    adapters = sum(p.numel() for n, p in unwrapped.named_parameters() if "mdlora_" in n)
     results = {**report, "config": dataclasses.asdict(cfg),
-               "params": {"backbone": sum(p.numel() for p in model.parameters()) - adapters, "adapters": adapters}}
-    if plain_report is not None:
-        results["plain"] = plain_report
+               "params": {"backbone": sum(p.numel() for p in unwrapped.parameters()) - adapters,
+                          "adapters": adapters}}
+    accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)
     if accelerator.is_main_process:
         if cfg.mlora.mode != "none":
-            model.save_pretrained(out_dir / "adapter")
+            unwrapped.save_pretrained(out_dir / "adapter")
+        save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))
         write_json_atomic(out_dir / "results.json", results)
-        accelerator.print(f"\nTest, mode {cfg.mlora.mode}:\n" + format_table(report, plain_report))
-        accelerator.print(f"\nSaved {out_dir / 'results.json'}")
     accelerator.end_training()
     return results
+
+
+def main(cfg: TrainConfig) -> dict:
+    """Train the configured model (and the plain backbone beside it), print and plot the report."""
+    print(yaml.safe_dump({"resolved config": dataclasses.asdict(cfg)}, sort_keys=False))
+    out_dir = Path(cfg.output_dir)
+    results = train(cfg, out_dir)
+    plain = None
+    if cfg.compare_with_plain and cfg.mlora.mode != "none":
+        plain_cfg = dataclasses.replace(cfg, mlora=dataclasses.replace(cfg.mlora, mode="none"))
+        plain = train(plain_cfg, out_dir / "plain")
+    if PartialState().is_main_process:
+        plot_report(results, out_dir / "per_domain_auc.png", baseline=plain)
+        print(f"\nTest, mode {cfg.mlora.mode}:\n" + gain_table(results, plain))
+        print(f"\nSaved {out_dir / 'results.json'} and {out_dir / 'per_domain_auc.png'}")
+    return results
+
+
+# ---------------------------------------------------------------------------------- small helpers
+def _identity(batch):
+    return batch
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _log(accelerator: Accelerator, path: Path, state: TrainingState, stage: str, loss: float, report: dict) -> None:
+    record = {"stage": stage, "epoch": state.epoch, "step": state.global_step, "train/loss": loss,
+              "eval/wauc": report["wauc"], "eval/mean_auc": report["mean_auc"], "eval/logloss": report["logloss"]}
+    for name, row in report["per_domain"].items():
+        record[f"eval/{name}/auc"], record[f"eval/{name}/logloss"] = row["auc"], row["logloss"]
+    accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=state.global_step)
+    if accelerator.is_main_process:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

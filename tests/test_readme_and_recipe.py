@@ -1,7 +1,5 @@
-"""The README example runs as written; the training recipe's report matches an independent recomputation."""
+"""The README example runs as written; per-domain metrics match scikit-learn."""
 
-import importlib.util
-import json
 import re
 import subprocess
 import sys
@@ -15,15 +13,6 @@ from sklearn.metrics import roc_auc_score
 from mlora_peft.metrics import domain_report, roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_readme_python_example_runs_as_written(tmp_path):
@@ -57,26 +46,3 @@ def test_wauc_is_weighted_by_test_rows():
     report = domain_report(labels, probs, domains, ["a", "b"])
     expected = (2 * 1.0 + 6 * roc_auc_score(labels[2:], probs[2:])) / 8
     assert report["wauc"] == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("mode", ["joint", "two_stage", "none"])
-def test_tiny_recipe_run_in_each_mode(tmp_path, mode):
-    train = _load_recipe("train")
-    cfg = train.load_config(ROOT / "recipes/configs/tiny.yaml", [f"output_dir={tmp_path}", f"mlora.mode={mode}",
-                                                                  "train.max_epochs=2"])
-    results = train.main(cfg)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["wauc"] == pytest.approx(results["wauc"])
-    assert set(saved) >= {"wauc", "mean_auc", "logloss", "per_domain", "config", "params"}
-    assert set(saved["per_domain"]) == {"domain_0", "domain_1", "domain_2"}
-    for row in saved["per_domain"].values():
-        assert set(row) == {"auc", "logloss", "rows", "positives"}
-    assert saved["params"]["adapters"] > 0 if mode != "none" else saved["params"]["adapters"] == 0
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists() == (mode != "none")
-    assert saved["config"]["mlora"]["mode"] == mode
-
-
-def test_unknown_config_key_is_an_error():
-    train = _load_recipe("train")
-    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['train.learning_rate'\]"):
-        train.load_config(ROOT / "recipes/configs/tiny.yaml", ["train.learning_rate=1"])
