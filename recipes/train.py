@@ -171,6 +171,12 @@ class IdMLP(nn.Module):
         return self.head(self.tower(torch.cat(features, -1))).squeeze(-1)  # (N,) logits
 
 
+def load_data(cfg: TrainConfig) -> tuple[dict, list[str]]:
+    """The train / validation / test splits and the domain names."""
+    data = make_synthetic_ctr(**dataclasses.asdict(cfg.data))
+    return data, [f"domain_{d}" for d in range(cfg.data.num_domains)]
+
+
 def build_model(cfg: TrainConfig, data, domain_names: list[str]) -> nn.Module:
     """The backbone, wrapped with MLoRA unless mode is none (two_stage starts with adapters frozen)."""
     backbone = IdMLP(int(max(data["train"]["user"])) + 1, int(max(data["train"]["item"])) + 1,
@@ -256,8 +262,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     accelerator.init_trackers("mlora", config=_flat(dataclasses.asdict(cfg)))
 
     # -- data
-    data = make_synthetic_ctr(**dataclasses.asdict(cfg.data))
-    domain_names = [f"domain_{d}" for d in range(cfg.data.num_domains)]
+    data, domain_names = load_data(cfg)
     per_process = max(cfg.train.batch_size // accelerator.num_processes, 1)
     shuffle = EpochShuffle(len(data["train"]), cfg.train.seed)
     loaders = {name: torch.utils.data.DataLoader(ColumnDataset(split), batch_size=per_process, collate_fn=_identity,
@@ -332,6 +337,8 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     if accelerator.is_main_process:
         if cfg.mlora.mode != "none":
             unwrapped.save_pretrained(out_dir / "adapter")
+        else:
+            save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, str(out_dir / "model.safetensors"))
         save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))
         write_json_atomic(out_dir / "results.json", results)
     accelerator.end_training()

@@ -131,3 +131,21 @@ def test_two_processes_match_one(tmp_path, train):
     for name in a["per_domain"]:
         assert b["per_domain"][name]["auc"] == pytest.approx(a["per_domain"][name]["auc"], abs=1e-4)
     assert b["per_domain"][name]["rows"] == a["per_domain"][name]["rows"]
+
+
+@pytest.mark.parametrize("mode", ["joint", "none"])
+def test_evaluate_reproduces_the_saved_report(tmp_path, mode):
+    subprocess.run(_launch([f"output_dir={tmp_path}", f"mlora.mode={mode}", "train.max_epochs=1"]), check=True,
+                   capture_output=True)
+    sys.path.insert(0, str(ROOT / "recipes"))  # evaluate.py imports train.py as a sibling script
+    try:
+        evaluate = _load_recipe("evaluate")
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    from accelerate import Accelerator
+
+    report = evaluate.evaluate_run(tmp_path, "test", Accelerator())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert report["wauc"] == pytest.approx(saved["wauc"], abs=1e-7)
+    for name, row in saved["per_domain"].items():
+        assert report["per_domain"][name]["auc"] == pytest.approx(row["auc"], abs=1e-7)

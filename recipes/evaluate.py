@@ -1,0 +1,67 @@
+"""Evaluate a saved training run per domain, optionally beside another run.
+
+    python recipes/evaluate.py runs/default                        # the run's own test split
+    python recipes/evaluate.py runs/default --split validation --baseline runs/default/plain
+
+Rebuilds the model from the run's `config.yaml`, loads its adapter (or, for a plain run, its
+`model.safetensors`), evaluates it on the data the config describes and prints the per-domain
+table (with the gain over `--baseline` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from peft import PeftModel
+from safetensors.torch import load_file
+from torch import nn
+
+from mlora_peft.evaluation import evaluate, gain_table
+from train import ColumnDataset, TrainConfig, _build, _identity, build_model, load_data
+
+
+def load_run(run_dir: Path) -> tuple[TrainConfig, nn.Module, dict, list[str]]:
+    """The config, the trained model, the data splits and domain names of a saved run."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: pass the output_dir of a finished training run.")
+    cfg = _build(TrainConfig, yaml.safe_load(config_path.read_text()), "")
+    data, domain_names = load_data(cfg)
+    if cfg.mlora.mode == "none":
+        model = build_model(cfg, data, domain_names)
+        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    else:
+        plain_cfg = dataclasses.replace(cfg, mlora=dataclasses.replace(cfg.mlora, mode="none"))
+        model = PeftModel.from_pretrained(build_model(plain_cfg, data, domain_names), run_dir / "adapter")
+    return cfg, model, data, domain_names
+
+
+def evaluate_run(run_dir: Path, split: str, accelerator: Accelerator) -> dict:
+    cfg, model, data, domain_names = load_run(run_dir)
+    if split not in data:
+        raise ValueError(f"split={split!r} is not in the run's data; choose one of {sorted(data)}.")
+    loader = torch.utils.data.DataLoader(ColumnDataset(data[split]), batch_size=cfg.train.batch_size,
+                                         collate_fn=_identity)
+    model, loader = accelerator.prepare(model, loader)
+    return evaluate(model, loader, accelerator, domain_names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="output_dir of a training run.")
+    parser.add_argument("--split", default="test", help="Which split to evaluate (default: test).")
+    parser.add_argument("--baseline", type=Path, help="Another run to compare with, e.g. runs/default/plain.")
+    args = parser.parse_args()
+    accelerator = Accelerator()
+    report = evaluate_run(args.run_dir, args.split, accelerator)
+    baseline = evaluate_run(args.baseline, args.split, accelerator) if args.baseline else None
+    accelerator.print(gain_table(report, baseline, baseline_name="baseline"))
+
+
+if __name__ == "__main__":
+    main()
