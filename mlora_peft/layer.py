@@ -109,8 +109,15 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     # ----------------------------------------------------------------------------- routing
     def set_routing(self, domain_ids: Optional[Tensor | DomainSegments]) -> None:
-        """Give the layer the domain of each row of its next inputs (None clears it)."""
+        """Give the layer the domain of each row of its next inputs (None clears it).
+
+        While `torch.export` traces, a tensor of ids is kept as it is: grouping rows by domain
+        needs data-dependent shapes, so each row gathers its own domain's weights instead.
+        """
         if isinstance(domain_ids, Tensor):
+            if torch.compiler.is_exporting():
+                self._routing = domain_ids.reshape(-1)  # (N,)
+                return
             domains = max(self.num_domains.values())
             domain_ids = group_by_domain(domain_ids, domains)
         self._routing = domain_ids
@@ -132,6 +139,8 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
                 "call model.set_adapter(name) to pick one."
             )
         name = active[0]
+        if isinstance(self._routing, Tensor):  # set while exporting: per-row gathers
+            return self._gathered_forward(x, name, self._routing)
         segments = self._segments_for(x, name)
         flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
         if flat.shape[0] != segments.num_rows:
@@ -150,6 +159,18 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         adapter_input = dropout(x) if self.training and isinstance(dropout, nn.Dropout) else None
         with torch.autocast(device_type, enabled=False):
             return routed_linear(x, weight, bias, A, B, domain_bias, segments, self.scaling[name], adapter_input)
+
+    def _gathered_forward(self, x: Tensor, name: str, domain_ids: Tensor) -> Tensor:
+        """The export-friendly path: every row gathers its domain's `A_d`, `B_d`, `b_d` (no grouping)."""
+        rows_per_id = (domain_ids.shape[0],) + (1,) * (x.dim() - 2)
+        ids = domain_ids.view(rows_per_id).expand(x.shape[:-1]).reshape(-1)  # (N * L,)
+        flat = x.reshape(-1, self.in_features)  # (N * L, in)
+        dropout = self.mdlora_dropout[name]
+        base = self.base_layer
+        domain_bias = self.mdlora_bias[name] if name in self.mdlora_bias else None
+        out = gathered_linear(flat, base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], domain_bias,
+                              ids, self.scaling[name], dropout(flat))  # (N * L, out)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def _segments_for(self, x: Tensor, adapter_name: str) -> DomainSegments:
         if self._routing is not None:
@@ -239,3 +260,40 @@ def _repeat_segments(segments: DomainSegments, rows: int, num_domains: int) -> D
         ids = segments.domain_ids[:1].expand(rows)
         return DomainSegments(ids, None, None, segments.single_domain)
     return group_by_domain(segments.domain_ids.repeat_interleave(per_sample), num_domains)
+
+
+def gathered_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    lora_A: Tensor,
+    lora_B: Tensor,
+    domain_bias: Optional[Tensor],
+    domain_ids: Tensor,
+    scaling: float,
+    adapter_input: Tensor,
+) -> Tensor:
+    """`x @ W^T + b + scaling * B_d A_d a + b_d` per row, gathering each row's weights.
+
+    Same result as `routed_linear`, with no data-dependent shapes, so `torch.export` can trace it;
+    it holds an `(N, r, in)` and an `(N, out, r)` copy of the gathered weights, fine for inference.
+
+    Args:
+        x: `(N, in)` layer input; `adapter_input` is the input of the low-rank term (x after dropout).
+        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None).
+        lora_A, lora_B, domain_bias: the `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks.
+        domain_ids: `(N,)` int64 domain of each row, in [0, D).
+        scaling: factor of the low-rank term.
+
+    Returns:
+        `(N, out)` output.
+    """
+    dtype = x.dtype
+    A = lora_A.to(dtype).index_select(0, domain_ids)  # (N, r, in)
+    B = lora_B.to(dtype).index_select(0, domain_ids)  # (N, out, r)
+    codes = torch.bmm(A, adapter_input.unsqueeze(-1)) * scaling  # (N, r, 1)
+    out = torch.nn.functional.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))  # (N, out)
+    out = out + torch.bmm(B, codes).squeeze(-1)  # (N, out)
+    if domain_bias is not None:
+        out = out + domain_bias.to(dtype).index_select(0, domain_ids)  # (N, out)
+    return out

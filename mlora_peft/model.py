@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .config import MultiDomainLoraConfig
 from .layer import MultiDomainLoraLayer
@@ -85,9 +88,9 @@ class MultiDomainLoraModel(BaseTuner):
         """The config of the active adapter, whose domains the calls are routed to."""
         return self.peft_config[self.active_adapters[0]]
 
-    def domain_index(self, domain: Union[int, str]) -> int:
-        """The index of `domain` (an index or a name) in the active adapter, range-checked."""
-        config = self.routing_config
+    def domain_index(self, domain: Union[int, str], adapter_name: Optional[str] = None) -> int:
+        """The index of `domain` (an index or a name) in the active (or given) adapter, range-checked."""
+        config = self.peft_config[adapter_name] if adapter_name is not None else self.routing_config
         index = config.domain_index(domain) if isinstance(domain, str) else domain
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < config.num_domains:
             raise ValueError(f"domain={domain!r} is not one of the {config.num_domains} domains (0..{config.num_domains - 1}).")
@@ -125,6 +128,50 @@ class MultiDomainLoraModel(BaseTuner):
         config.num_domains += count
         if names is not None:
             config.domain_names = config.domain_names + names
+
+    def freeze_domains_except(
+        self, domains: Sequence[Union[int, str]], adapter_name: Optional[str] = None
+    ) -> "DomainFreeze":
+        """Train only `domains` of an adapter: other domains' slices get zero gradients, all else is frozen.
+
+        The stacks are single Parameters, so a gradient hook zeroes the other domains' rows, and every
+        parameter outside the adapter's stacks (base model, `modules_to_save`, other adapters) stops
+        requiring gradients. With an optimiser whose step is zero for a zero gradient (SGD, Adam, or
+        AdamW with `weight_decay=0`), the other domains stay bit-identical; decoupled weight decay would
+        still shrink them. Call `add_domains` first: it replaces the stacks.
+
+        Args:
+            domains: the domains to train, by index or name.
+            adapter_name: the adapter; the active one by default.
+
+        Returns:
+            A handle whose `remove()` lifts the freeze and restores every `requires_grad` flag.
+
+        Raises:
+            ValueError: an unknown domain, or no domain given.
+
+        Example:
+            >>> import torch, mlora_peft
+            >>> from peft import get_peft_model
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+            >>> model = get_peft_model(net, mlora_peft.MultiDomainLoraConfig(domain_names=["a", "b"], r=2))
+            >>> handle = model.freeze_domains_except(["b"])
+            >>> handle.remove()
+        """
+        name = adapter_name or self.active_adapters[0]
+        if isinstance(domains, (str, int)) or not domains:
+            raise ValueError(f"freeze_domains_except({domains!r}): pass a non-empty list, e.g. ['new'].")
+        indices = sorted({self.domain_index(d, name) for d in domains})
+        handle = DomainFreeze()
+        for param_name, param in self.model.named_parameters():
+            trainable = _is_adapter_key(param_name) and param_name.endswith(f".{name}")
+            handle.flags.append((param, param.requires_grad))
+            param.requires_grad_(trainable)
+            if trainable:
+                mask = torch.zeros(param.shape[0], *[1] * (param.dim() - 1), dtype=param.dtype, device=param.device)
+                mask[indices] = 1  # (D, 1, ...) keeps the trained domains' rows
+                handle.hooks.append(param.register_hook(mask.mul))
+        return handle
 
     # ------------------------------------------------------------------------------ merging
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False,
@@ -192,6 +239,22 @@ class MultiDomainLoraModel(BaseTuner):
                 "adapter_config.json saved beside it."
             )
         return remapped
+
+
+@dataclass
+class DomainFreeze:
+    """What `freeze_domains_except` changed: gradient hooks and the previous `requires_grad` flags."""
+
+    hooks: list[RemovableHandle] = field(default_factory=list)
+    flags: list[tuple[Tensor, bool]] = field(default_factory=list)
+
+    def remove(self) -> None:
+        """Remove the gradient hooks and restore every parameter's `requires_grad` flag."""
+        for hook in self.hooks:
+            hook.remove()
+        for param, flag in self.flags:
+            param.requires_grad_(flag)
+        self.hooks, self.flags = [], []
 
 
 def _is_adapter_key(key: str) -> bool:

@@ -1,0 +1,387 @@
+"""Saving, pushing and loading adapters with one folder per domain.
+
+Layout of a save (PEFT's own files at the root, so `PeftModel.from_pretrained` reads it too):
+
+    adapter_config.json           every domain (num_domains=D, domain_names)
+    adapter_model.safetensors     every domain's stacks, (D, r, in), (D, out, r), (D, out)
+    domains/<name>/adapter_config.json         num_domains=1, domain_names=[name]
+    domains/<name>/adapter_model.safetensors   that domain's slices, (1, r, in), ...
+    <file>.json                   extra JSON files: feature spec, encoders
+    README.md                     model card
+
+Unnamed domains are saved as `domain_<i>`. These are functions, not `PeftModel` methods: PEFT
+resolves `peft_model.save_pretrained` to its own method, which writes the root files only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError
+from peft import PeftModel
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .atomic import check_replaceable, extra_json_files, write_atomically
+from .checkpoint import check_fits, combine_domains, read_config, read_weights
+from .config import MultiDomainLoraConfig
+from .model import _is_adapter_key
+from .model_card import model_card
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
+DOMAINS_DIR = "domains"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def domain_folders(config: MultiDomainLoraConfig) -> list[str]:
+    """The folder name of each domain under `domains/`: its name, or `domain_<i>` when unnamed.
+
+    Example:
+        >>> domain_folders(MultiDomainLoraConfig(num_domains=2))
+        ['domain_0', 'domain_1']
+    """
+    return list(config.domain_names or [f"domain_{i}" for i in range(config.num_domains)])
+
+
+def save_pretrained(
+    model: PeftModel,
+    save_directory: Union[str, Path],
+    *,
+    adapter_name: str = "default",
+    json_files: Optional[Mapping[str, Any]] = None,
+    eval_report: Optional[Mapping[str, Any]] = None,
+    repo_id: Optional[str] = None,
+) -> Path:
+    """Save the adapter with one folder per domain, atomically: a failed save leaves the previous one intact.
+
+    Files are written into a temporary folder beside `save_directory`, which is then swapped in with
+    two renames (a crash between them leaves the previous save in a `.<name>.previous-*` folder).
+    Extra JSON files already in the folder (e.g. `data.save_encoder(folder)`) are kept unless
+    `json_files` rewrites them.
+
+    Args:
+        model: a `PeftModel` holding an MLoRA adapter.
+        save_directory: the folder to write; an existing save there is replaced.
+        adapter_name: the adapter to save.
+        json_files: extra files, `{name: value}` saved as `<name>.json`; a value is JSON text, a dict or
+            list, or an object with `to_json()` (returning text) or `to_dict()`.
+        eval_report: per-domain test metrics for the model card (`mlora_peft.metrics.domain_report`).
+        repo_id: the Hub repository named in the model card's loading snippet.
+
+    Returns:
+        The saved folder.
+
+    Raises:
+        TypeError: not a `PeftModel` with an MLoRA adapter, or a JSON value of an unsupported type.
+        ValueError: a domain or file name unfit for a folder, or a target folder holding other files.
+
+    Example:
+        >>> import tempfile, torch, mlora_peft
+        >>> from peft import get_peft_model
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> model = get_peft_model(net, mlora_peft.MultiDomainLoraConfig(domain_names=["a", "b"], r=2))
+        >>> folder = mlora_peft.save_pretrained(model, tempfile.mkdtemp() + "/adapter")
+        >>> sorted(p.name for p in (folder / "domains").iterdir())
+        ['a', 'b']
+    """
+    config = _config_of(model, adapter_name)
+    folders = domain_folders(config)
+    for name in folders:
+        _check_safe_name(name, "domain name")
+    texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
+    tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    card = model_card(config, folders, type(model.get_base_model()).__name__, repo_id, eval_report, sorted(texts))
+    target = Path(save_directory)
+    check_replaceable(target, keep={CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, DOMAINS_DIR})
+
+    def write(folder: Path) -> None:
+        _write_adapter(folder, config, tensors)
+        for index, name in enumerate(folders):
+            one = dataclasses.replace(config, num_domains=1, domain_names=[name])
+            _write_adapter(folder / DOMAINS_DIR / name, one, _domain_slices(tensors, index))
+        for name, text in texts.items():
+            (folder / f"{name}.json").write_text(text, encoding="utf-8")
+        rewritten = {CONFIG_NAME, *(f"{name}.json" for name in texts)}
+        for kept in extra_json_files(target, skip=rewritten):  # e.g. an encoder saved into the folder before
+            shutil.copy2(kept, folder / kept.name)
+        (folder / CARD_NAME).write_text(card, encoding="utf-8")
+
+    write_atomically(target, write)
+    return target
+
+
+def push_to_hub(
+    model: PeftModel,
+    repo_id: str,
+    *,
+    domains: Optional[Sequence[str]] = None,
+    private: Optional[bool] = None,
+    revision: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    api: Optional[HfApi] = None,
+    adapter_name: str = "default",
+    json_files: Optional[Mapping[str, Any]] = None,
+    eval_report: Optional[Mapping[str, Any]] = None,
+) -> CommitInfo:
+    """Upload the whole layout, or only the named domains' folders, in one commit.
+
+    Args:
+        model: a `PeftModel` holding an MLoRA adapter.
+        repo_id: the Hub repository (created when missing).
+        domains: upload only `domains/<name>/` of these domains; None uploads everything.
+        private: visibility of a newly created repository (None: the Hub's default).
+        revision: the branch to commit to (created from the default branch when missing).
+        commit_message: the commit message.
+        api: the `HfApi` client to use (endpoint, token); a default `HfApi()` when None.
+        adapter_name, json_files, eval_report: as in `save_pretrained`.
+
+    Returns:
+        The `CommitInfo` of the commit.
+
+    Raises:
+        ValueError: an unknown domain name (the known ones are listed).
+
+    Example:
+        >>> mlora_peft.push_to_hub(model, "team/ctr-mlora", domains=["new"])  # doctest: +SKIP
+    """
+    config = _config_of(model, adapter_name)
+    if domains is not None:
+        _check_known(domains, domain_folders(config))
+    api = api or HfApi()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = save_pretrained(model, Path(scratch) / "save", adapter_name=adapter_name, json_files=json_files,
+                                 eval_report=eval_report, repo_id=repo_id)
+        roots = [folder / DOMAINS_DIR / name for name in domains] if domains is not None else [folder]
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+            for root in roots for path in sorted(root.rglob("*")) if path.is_file()
+        ]
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        message = commit_message or (f"Upload MLoRA domains {list(domains)}" if domains else "Upload MLoRA adapter")
+        return api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+
+
+def load_domains(
+    base_model: nn.Module,
+    repo_id_or_path: Union[str, Path],
+    domains: Optional[Sequence[str]] = None,
+    *,
+    revision: Optional[str] = None,
+    merge: bool = False,
+    is_trainable: bool = False,
+    api: Optional[HfApi] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Union[PeftModel, nn.Module]:
+    """Load some (or all) domains of a saved adapter onto `base_model`, fetching only their files.
+
+    With `domains`, only `domains/<name>/` of each is read or downloaded; the loaded adapter holds
+    those domains under their names, with ids 0, 1, ... in the order given. Configs are read as
+    strict JSON, weights as safetensors, and both are checked against `base_model` first.
+    `base_model` is changed in place, as with `PeftModel.from_pretrained`.
+
+    Args:
+        base_model: the plain model the adapter was trained on.
+        repo_id_or_path: a local save folder or a Hub repository id.
+        domains: names of the domains to load (`domain_<i>` for unnamed ones); None loads every domain.
+        revision: branch, tag or commit of a Hub repository.
+        merge: return the plain base model with the one loaded domain folded into its weights.
+        is_trainable: leave the adapter trainable (to train it further, or add domains); else eval mode.
+        api: the `HfApi` client (endpoint, token) for Hub downloads; a default `HfApi()` when None.
+        cache_dir: the Hugging Face cache folder to use.
+
+    Returns:
+        A routed `PeftModel`, or with `merge=True` the base model's own class.
+
+    Raises:
+        ValueError: a missing domain, `merge` with other than one domain, a config that is not MLoRA or
+            has unknown fields, a corrupt or truncated weights file, or an adapter that does not fit.
+
+    Example:
+        >>> model = mlora_peft.load_domains(build_model(), "team/ctr-mlora", domains=["us"])  # doctest: +SKIP
+    """
+    names = _requested(domains, merge)
+    folder = _fetch(repo_id_or_path, names, revision, api, cache_dir)
+    if names is None:
+        config, tensors = read_config(folder / CONFIG_NAME), read_weights(folder / WEIGHTS_NAME)
+    else:
+        parts = [_domain_folder(folder, name, repo_id_or_path, revision, api) for name in names]
+        config, tensors = combine_domains([read_config(p / CONFIG_NAME) for p in parts],
+                                          [read_weights(p / WEIGHTS_NAME) for p in parts], names)
+    if merge and config.num_domains != 1:
+        raise ValueError(f"merge=True folds one domain, but the adapter has {config.num_domains}; pass domains=[name].")
+    check_fits(base_model, config, tensors)
+    config.inference_mode = not is_trainable
+    model = PeftModel(base_model, config)
+    result = set_peft_model_state_dict(model, tensors)
+    if result.unexpected_keys:
+        raise ValueError(f"The model has no place for saved tensors {sorted(result.unexpected_keys)[:5]}.")
+    if not is_trainable:
+        model.eval()
+    return model.merge_and_unload(domain=0) if merge else model
+
+
+def load_json_text(
+    repo_id_or_path: Union[str, Path],
+    name: str,
+    *,
+    revision: Optional[str] = None,
+    api: Optional[HfApi] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> str:
+    """The text of one extra JSON file (`<name>.json`) of a save, downloading only that file.
+
+    Args:
+        repo_id_or_path: a local save folder or a Hub repository id.
+        name: the file's name without `.json`, as given to `save_pretrained(json_files=...)`.
+        revision, api, cache_dir: as in `load_domains`.
+
+    Returns:
+        The JSON text, checked to parse; hand it to the matching reader, e.g.
+        `mlora_peft.features.features_from_json` or `MultiDomainEncoder.from_json`.
+
+    Raises:
+        ValueError: an unsafe name, or a file that is not valid JSON.
+
+    Example:
+        >>> features = features_from_json(mlora_peft.load_json_text("team/ctr-mlora", "feature_spec"))  # doctest: +SKIP
+    """
+    _check_safe_name(name, "JSON file name")
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        path = local / f"{name}.json"
+    else:
+        api = api or HfApi()
+        path = Path(api.hf_hub_download(str(repo_id_or_path), f"{name}.json", revision=revision, cache_dir=cache_dir))
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); download it again or save again.") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------- writing
+def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"Pass the PeftModel (from get_peft_model or load_domains), got {type(model).__name__}.")
+    config = model.peft_config.get(adapter_name)
+    if not isinstance(config, MultiDomainLoraConfig):
+        raise TypeError(f"Adapter {adapter_name!r} is {type(config).__name__}, not an MLoRA adapter; "
+                        f"adapters: {sorted(model.peft_config)}.")
+    return config
+
+
+def _domain_slices(tensors: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
+    """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (trained base weights) as they are."""
+    return {k: v[index:index + 1] if _is_adapter_key(k) else v for k, v in tensors.items()}
+
+
+def _write_adapter(folder: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    inference = dataclasses.replace(config, inference_mode=True)
+    inference.save_pretrained(str(folder))
+    contiguous = {k: v.detach().contiguous().clone() for k, v in tensors.items()}  # (clone: no shared storage)
+    save_file(contiguous, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def _json_text(name: str, value: Any) -> str:
+    _check_safe_name(name, "JSON file name")
+    if name in {Path(CONFIG_NAME).stem}:
+        raise ValueError(f"json_files name {name!r} is taken by the adapter config; pick another name.")
+    if hasattr(value, "to_json"):
+        value = value.to_json()
+    elif hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"json_files[{name!r}] is not valid JSON text ({error}).") from None
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, indent=2)
+    raise TypeError(f"json_files[{name!r}] is a {type(value).__name__}; pass JSON text, a dict or list, or an "
+                    "object with to_json() or to_dict().")
+
+
+def _check_safe_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} cannot name a folder or file: use letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (rename it in the config's domain_names).")
+
+
+# ---------------------------------------------------------------------------------- reading
+def _requested(domains: Optional[Sequence[str]], merge: bool) -> Optional[list[str]]:
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        raise TypeError(f"domains={domains!r} is a string; pass a list of names, e.g. domains=[{domains!r}].")
+    names = list(domains)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or duplicates:
+        raise ValueError(f"domains={names!r}: give at least one name, each once.")
+    for name in names:
+        _check_safe_name(name, "domain name")
+    if merge and len(names) != 1:
+        raise ValueError(f"merge=True folds exactly one domain into the weights, got domains={names!r}.")
+    return names
+
+
+def _fetch(source: Union[str, Path], names: Optional[list[str]], revision: Optional[str],
+           api: Optional[HfApi], cache_dir: Optional[Union[str, Path]]) -> Path:
+    """The local folder holding the needed files, downloading only those from the Hub."""
+    local = Path(source)
+    if local.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repositories, but {source} is a local folder.")
+        return local
+    if local.exists() or local.is_absolute() or str(source).startswith((".", "~")):
+        raise ValueError(f"{source} is not a saved adapter folder; pass the folder save_pretrained wrote, "
+                         "or a Hub repo id.")
+    patterns = [f"{DOMAINS_DIR}/{name}/*" for name in names] if names else [CONFIG_NAME, WEIGHTS_NAME]
+    api = api or HfApi()
+    return Path(api.snapshot_download(str(source), revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
+
+
+def _domain_folder(folder: Path, name: str, source: Union[str, Path], revision: Optional[str],
+                   api: Optional[HfApi]) -> Path:
+    path = folder / DOMAINS_DIR / name
+    if (path / CONFIG_NAME).is_file():
+        return path
+    known = _known_domains(folder, source, revision, api)
+    listing = f"the saved domains are {known}" if known is not None else "the saved domains could not be listed"
+    raise ValueError(f"Domain {name!r} is not in {source} ({listing}). Check the name, or push that domain first.")
+
+
+def _known_domains(folder: Path, source: Union[str, Path], revision: Optional[str],
+                   api: Optional[HfApi]) -> Optional[list[str]]:
+    if Path(source).is_dir():
+        return sorted(p.name for p in (folder / DOMAINS_DIR).glob("*/") if p.is_dir())
+    if constants.is_offline_mode():
+        return None
+    try:
+        entries = (api or HfApi()).list_repo_tree(str(source), path_in_repo=DOMAINS_DIR, revision=revision)
+        return sorted(Path(entry.path).name for entry in entries)
+    except HfHubHTTPError:  # e.g. no domains/ folder at all: the error message goes without the list
+        return None
+
+
+def _check_known(domains: Sequence[str], known: list[str]) -> None:
+    if isinstance(domains, str):
+        raise TypeError(f"domains={domains!r} is a string; pass a list of names, e.g. domains=[{domains!r}].")
+    unknown = [d for d in domains if d not in known]
+    if unknown or not domains:
+        raise ValueError(f"domains={list(domains)!r}: unknown {unknown}; this adapter's domains are {known}.")
