@@ -10,6 +10,7 @@ from .layer import MultiDomainLoraLayer
 from .model import MultiDomainLoraModel
 from .registration import register
 from .routing import domain_context
+from . import models  # registers the zoo's CTRConfig / CTRModel with transformers' Auto classes
 
 register()
 
