@@ -1,0 +1,208 @@
+"""`MultiDomainEncoder`: every column encoder of a data set, fitted on train and saved as one JSON file.
+
+An encoded table has one int64 column per sparse feature, one float32 column (or fixed-size
+list for `dim > 1`) per dense feature, the int64 `domain_id` and, when the raw rows carry the
+label column, the float32 `label`. Saving writes `data_encoder.json` next to the adapters; loading
+it in another process encodes new raw rows identically. JSON only: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pyarrow as pa
+from torch import Tensor
+
+from ..features import DenseFeature, Feature, SparseFeature
+from .columns import as_table, require_columns
+from .encoders import CategoricalEncoder, DenseEncoder, DomainEncoder, Normalization
+from .labels import LabelRule
+from .tensors import table_tensors
+
+ENCODER_FILE = "data_encoder.json"
+DOMAIN_COLUMN = "domain_id"
+LABEL_COLUMN = "label"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MultiDomainEncoder:
+    """The label rule, the domain encoder and one encoder per feature column.
+
+    Example:
+        >>> import pandas as pd
+        >>> train = pd.DataFrame({"user": [3, 5, 5], "price": [1.0, 2.0, 3.0], "country": ["fr", "de", "fr"],
+        ...                       "click": [0, 1, 1]})
+        >>> enc = MultiDomainEncoder.fit(train, label="click", domain="country", sparse=["user"], dense=["price"])
+        >>> enc.domain_names, enc.transform(train).column_names
+        (('de', 'fr'), ['user', 'price', 'domain_id', 'label'])
+        >>> enc.encode([{"user": 5, "price": 2.5, "country": "de"}])["domain_id"]
+        tensor([0])
+    """
+
+    label: LabelRule
+    domain: DomainEncoder
+    sparse: tuple[CategoricalEncoder, ...]
+    dense: tuple[DenseEncoder, ...]
+
+    @classmethod
+    def fit(
+        cls,
+        train: Any,
+        *,
+        label: Union[str, LabelRule],
+        domain: str,
+        sparse: Sequence[str] = (),
+        dense: Sequence[str] = (),
+        min_frequency: int = 1,
+        normalize: Normalization = "standard",
+        domain_order: Optional[Sequence] = None,
+        domain_names: Optional[Sequence[str]] = None,
+    ) -> MultiDomainEncoder:
+        """Fit every encoder on the train rows.
+
+        Args:
+            train: the train split (anything `as_table` accepts).
+            label: a 0/1 column, a rule such as `"rating>=4"`, or a `LabelRule`.
+            domain: the domain column.
+            sparse: categorical columns (vocabularies built here).
+            dense: numeric columns (fill and scale statistics computed here).
+            min_frequency: values seen fewer times share id 0 with unknown ones.
+            normalize: `"standard"`, `"minmax"` or `"none"` for every dense column.
+            domain_order: domain values in the id order wanted (default: ascending values).
+            domain_names: display names for `domain_order` (default: `str(value)`).
+
+        Raises:
+            ValueError: missing columns, a feature named like an output column, or any column
+                encoder's error.
+        """
+        table = as_table(train)
+        rule = label if isinstance(label, LabelRule) else LabelRule.parse(label, table.column_names)
+        _check_roles(rule.column, domain, list(sparse), list(dense))
+        require_columns(table.column_names, {"domain": [domain], "sparse": list(sparse), "dense": list(dense)})
+        return cls(
+            label=rule,
+            domain=DomainEncoder.fit(table.column(domain), domain, domain_order, domain_names),
+            sparse=tuple(CategoricalEncoder.fit(table.column(n), n, min_frequency) for n in sparse),
+            dense=tuple(DenseEncoder.fit(table.column(n), n, normalize) for n in dense),
+        )
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        """Domain names in id order."""
+        return self.domain.names
+
+    def feature_spec(self, embedding_dim: int = 8) -> list[Feature]:
+        """The zoo's feature specs: one `SparseFeature` per categorical column, one `DenseFeature` per numeric one.
+
+        The domain is not in the spec: it arrives as `domain_id` for routing. A backbone that also
+        embeds it adds `SparseFeature("domain_id", vocab_size=len(domain_names))`.
+        """
+        return [SparseFeature(e.name, e.vocab_size, embedding_dim) for e in self.sparse] + [
+            DenseFeature(e.name, e.dim) for e in self.dense
+        ]
+
+    def transform(self, rows: Any, *, with_label: Optional[bool] = None) -> pa.Table:
+        """Encode raw rows with the fitted encoders.
+
+        Args:
+            rows: raw rows (anything `as_table` accepts) holding the feature and domain columns.
+            with_label: add the `label` column; default: when the rows hold the label column.
+
+        Returns:
+            A table with the sparse, dense, `domain_id` and (optionally) `label` columns.
+
+        Raises:
+            ValueError: missing columns, an unseen or missing domain, a bad label.
+        """
+        table = as_table(rows)
+        with_label = self.label.column in table.column_names if with_label is None else with_label
+        require_columns(table.column_names, {
+            "domain": [self.domain.column], "sparse": [e.name for e in self.sparse],
+            "dense": [e.name for e in self.dense], "label": [self.label.column] if with_label else [],
+        })
+        columns: dict[str, pa.Array] = {e.name: pa.array(e.transform(table.column(e.name))) for e in self.sparse}
+        for encoder in self.dense:
+            values = encoder.transform(table.column(encoder.name))  # (N, dim)
+            columns[encoder.name] = _dense_array(values)
+        columns[DOMAIN_COLUMN] = pa.array(self.domain.transform(table.column(self.domain.column)))
+        if with_label:
+            columns[LABEL_COLUMN] = pa.array(self.label.apply(table.column(self.label.column)))
+        return pa.table(columns)
+
+    def encode(self, rows: Any) -> dict[str, Tensor]:
+        """Raw rows -> a model-ready batch of tensors (the label only when the rows hold it)."""
+        return table_tensors(self.transform(rows))
+
+    def to_json(self) -> str:
+        """The encoder as a JSON document."""
+        return json.dumps({
+            "format_version": _FORMAT_VERSION,
+            "label": self.label.to_dict(),
+            "domain": self.domain.to_dict(),
+            "sparse": {e.name: e.to_dict() for e in self.sparse},
+            "dense": {e.name: e.to_dict() for e in self.dense},
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> MultiDomainEncoder:
+        """Inverse of `to_json`.
+
+        Raises:
+            ValueError: a document of another format version.
+        """
+        state = json.loads(text)
+        if state.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"Encoder format_version {state.get('format_version')!r}; this library reads {_FORMAT_VERSION}."
+            )
+        return cls(
+            label=LabelRule.from_dict(state["label"]),
+            domain=DomainEncoder.from_dict(state["domain"]),
+            sparse=tuple(CategoricalEncoder.from_dict(n, s) for n, s in state["sparse"].items()),
+            dense=tuple(DenseEncoder.from_dict(n, s) for n, s in state["dense"].items()),
+        )
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        """Write `data_encoder.json` into `directory` (created if needed) and return its path."""
+        path = Path(directory) / ENCODER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, Path]) -> MultiDomainEncoder:
+        """Read `data_encoder.json` from `directory` (or from the file path itself).
+
+        Raises:
+            FileNotFoundError: no encoder file there.
+        """
+        path = Path(directory)
+        path = path / ENCODER_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"No {ENCODER_FILE} at {path}; save one with MultiDomainEncoder.save(directory).")
+        return cls.from_json(path.read_text())
+
+
+def _dense_array(values: np.ndarray) -> pa.Array:
+    """float32 `(N,)` column for dim 1, a fixed-size list column otherwise."""
+    if values.shape[1] == 1:
+        return pa.array(values[:, 0])
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
+
+
+def _check_roles(label: str, domain: str, sparse: list[str], dense: list[str]) -> None:
+    features = sparse + dense
+    duplicated = sorted({n for n in features if features.count(n) > 1})
+    reserved = sorted(set(features) & {DOMAIN_COLUMN, LABEL_COLUMN, label, domain})
+    if duplicated or reserved:
+        raise ValueError(
+            f"Feature columns {duplicated + reserved} are listed twice or clash with the label/domain columns "
+            f"({label!r}, {domain!r}) or the outputs {DOMAIN_COLUMN!r}/{LABEL_COLUMN!r}; list each feature once "
+            "and rename clashing columns."
+        )
