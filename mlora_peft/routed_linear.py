@@ -1,11 +1,18 @@
 """The routed multi-domain linear map as one autograd function, without a per-domain Python loop.
 
 For rows `x_n` of domain `d_n` it computes `W x_n + b + s * B_d A_d a_n + b_d`, where `a_n` is the
-adapter input (`x_n`, or `x_n` after dropout). Rows are grouped by domain once per batch
-(`group_by_domain`, shared by every layer) and each low-rank product is one grouped matmul over
-the segments. Forward and backward are written by hand so that the base and adapter products
-share passes over `x` and the gradient (see ../shared/notes/routing-performance.md for why memory
-passes, not FLOPs, set the cost).
+adapter input (`x_n`, or `x_n` after dropout). Once per batch (`group_by_domain`, shared by every
+layer) the rows are laid out in equal-sized blocks, each holding rows of one domain and then
+padding, so every low-rank product is one batched matmul (`bmm`, which every device and dtype
+supports). A one-domain batch is one block holding every row, with no gathers. Forward and
+backward are written by hand; the costs that matter on CPU (see
+../shared/notes/routing-performance.md) shaped them:
+
+- one `bmm` per product, not a matmul per domain: at D = 100 the per-call overhead of a segment
+  loop (or of `F.grouped_mm`, which loops on CPU) outweighs the padding;
+- the rank-r codes are kept as `(r, rows)`, the layout in which the skinny products run fastest;
+- the adapter term is computed first and the big base product accumulates into it (`addmm_`),
+  which avoids an extra pass over a fresh `(N, out)` or `(N, in)` buffer.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -22,17 +28,29 @@ from torch import Tensor
 class DomainSegments:
     """A batch's rows grouped by domain, computed once per forward and shared by every layer.
 
+    Build it with `group_by_domain`; a one-domain batch only needs `domain_ids` and `single_domain`.
+
     Attributes:
         domain_ids: `(N,)` int64 domain of each row.
         order: `(N,)` permutation that sorts rows by domain (stable).
         offsets: `(D,)` int32, `offsets[d]` is the end of domain d's segment in sorted order.
         single_domain: the domain of every row when the batch holds one domain, else None.
+        block_size: rows per block `M`; each block holds rows of one domain, then padding.
+        block_domain: `(num_blocks,)` the domain of each block, or None when block d is domain d's.
+        row_of_slot: `(num_blocks * M,)` the row held in each slot (row 0 in padding slots).
+        slot_of_row: `(N,)` the slot holding each row.
+        padding: `(num_blocks * M,)` True for the padding slots.
     """
 
     domain_ids: Tensor
     order: Optional[Tensor]
     offsets: Optional[Tensor]
     single_domain: Optional[int]
+    block_size: int = 0
+    block_domain: Optional[Tensor] = None
+    row_of_slot: Optional[Tensor] = None
+    slot_of_row: Optional[Tensor] = None
+    padding: Optional[Tensor] = None
 
     @property
     def num_rows(self) -> int:
@@ -40,15 +58,43 @@ class DomainSegments:
 
 
 def group_by_domain(domain_ids: Tensor, num_domains: int) -> DomainSegments:
-    """Group rows by domain. `domain_ids` must already be validated to lie in [0, num_domains)."""
+    """Group rows by domain. `domain_ids` must already be validated to lie in [0, num_domains).
+
+    Rows are laid out in blocks of `M` slots. When one block per domain (of the largest domain's
+    size) holds at most twice the batch, block d is domain d's; otherwise `M` is capped at twice
+    the mean count of the domains present and a big domain spans several blocks, so padding
+    never exceeds twice the batch.
+    """
+    rows = domain_ids.numel()
     counts = torch.bincount(domain_ids, minlength=num_domains)  # (D,)
-    largest = int(counts.max()) if domain_ids.numel() else 0
-    if largest == domain_ids.numel():
-        single = int(domain_ids[0]) if domain_ids.numel() else 0
+    largest = int(counts.max()) if rows else 0
+    if largest == rows:
+        single = int(domain_ids[0]) if rows else 0
         return DomainSegments(domain_ids, None, None, single)
     order = torch.argsort(domain_ids, stable=True)  # (N,)
-    offsets = torch.cumsum(counts, 0).to(torch.int32)  # (D,)
-    return DomainSegments(domain_ids, order, offsets, None)
+    ends = torch.cumsum(counts, 0)  # (D,)
+    if num_domains * largest <= 2 * rows:
+        size, blocks, block_domain = largest, torch.ones_like(counts), None
+    else:
+        size = min(largest, -(-2 * rows // int(torch.count_nonzero(counts))))
+        blocks = (counts + size - 1) // size  # (D,) blocks per domain
+        block_domain = torch.repeat_interleave(torch.arange(num_domains, device=counts.device), blocks)  # (nb,)
+    first_slot = (torch.cumsum(blocks, 0) - blocks) * size  # (D,)
+    sorted_ids = domain_ids.index_select(0, order)  # (N,)
+    rank = torch.arange(rows, device=counts.device) - (ends - counts).index_select(0, sorted_ids)  # (N,)
+    slot_of_sorted = first_slot.index_select(0, sorted_ids) + rank  # (N,)
+    slots = int(blocks.sum()) * size
+    return DomainSegments(
+        domain_ids,
+        order,
+        ends.to(torch.int32),
+        None,
+        block_size=size,
+        block_domain=block_domain,
+        row_of_slot=order.new_zeros(slots).scatter_(0, slot_of_sorted, order),  # (slots,)
+        slot_of_row=torch.empty_like(order).scatter_(0, order, slot_of_sorted),  # (N,)
+        padding=torch.ones(slots, dtype=torch.bool, device=order.device).scatter_(0, slot_of_sorted, False),
+    )
 
 
 def routed_linear(
@@ -83,69 +129,42 @@ def routed_linear(
 class _RoutedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, segments, scaling):
-        a = x if adapter_input is None else adapter_input
-        if segments.single_domain is not None:
-            d = segments.single_domain
-            codes = (a @ lora_A[d].t()) * scaling  # (N, r)
-            out = F.linear(x, weight, bias)  # (N, out)
-            out.addmm_(codes, lora_B[d].t())
-            if domain_bias is not None:
-                out.add_(domain_bias[d])
-        else:
-            a_sorted = a.index_select(0, segments.order)  # (N, in), rows grouped by domain
-            codes = _grouped_mm(a_sorted, lora_A.transpose(1, 2), segments.offsets) * scaling  # (N, r)
-            delta_sorted = _grouped_mm(codes, lora_B.transpose(1, 2), segments.offsets)  # (N, out)
-            out = F.linear(x, weight, bias)  # (N, out)
-            out.index_add_(0, segments.order, delta_sorted)
-            if domain_bias is not None:
-                out.add_(domain_bias.index_select(0, segments.domain_ids))
-            a = a_sorted
-        ctx.segments, ctx.scaling = segments, scaling
+        a_blk = _to_slots(x if adapter_input is None else adapter_input, segments)  # (nb, M, in)
+        A_blk = _per_block(lora_A, segments)  # (nb, r, in)
+        B_blk = _per_block(lora_B, segments)  # (nb, out, r)
+        codes_t = _mask_padding(_bmm(A_blk, a_blk.transpose(1, 2)).mul_(scaling), segments)  # (nb, r, M)
+        slot_bias = _slot_bias(bias, domain_bias, segments)  # (nb, 1, out) or None
+        delta = _bmm(codes_t.transpose(1, 2), B_blk.transpose(1, 2), slot_bias)  # (nb, M, out)
+        out = _from_slots(delta, segments).addmm_(x, weight.t())  # (N, out)
+        ctx.segments, ctx.scaling, ctx.num_domains = segments, scaling, lora_A.shape[0]
         ctx.has_adapter_input = adapter_input is not None
-        ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
-        ctx.save_for_backward(x, a, codes, weight, lora_A, lora_B)
+        ctx.save_for_backward(x, a_blk, codes_t, weight, A_blk, B_blk)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, a, codes, weight, lora_A, lora_B = ctx.saved_tensors
-        segments, scaling = ctx.segments, ctx.scaling
+        x, a_blk, codes_t, weight, A_blk, B_blk = ctx.saved_tensors
+        segments, num_domains = ctx.segments, ctx.num_domains
         need = ctx.needs_input_grad  # x, adapter_input, weight, bias, A, B, domain_bias, ...
         need_grad_a = need[1] or (need[0] and not ctx.has_adapter_input)
         grad_x = grad_a = grad_w = grad_b = grad_A = grad_B = grad_db = None
-        if segments.single_domain is not None:
-            d = segments.single_domain
-            grad_codes = (grad_out @ lora_B[d]) * scaling  # (N, r)
-            if need[4]:
-                grad_A = torch.zeros_like(lora_A)
-                grad_A[d] = grad_codes.t() @ a
-            if need[5]:
-                grad_B = torch.zeros_like(lora_B)
-                grad_B[d] = grad_out.t() @ codes
-            if need_grad_a:
-                grad_a = grad_codes @ lora_A[d]  # (N, in)
-            if need[6]:
-                grad_db = torch.zeros(lora_B.shape[:2], dtype=grad_out.dtype, device=grad_out.device)
-                grad_db[d] = grad_out.sum(0)
-        else:
-            offsets = segments.offsets
-            grad_sorted = grad_out.index_select(0, segments.order)  # (N, out)
-            grad_codes = _grouped_mm(grad_sorted, lora_B, offsets) * scaling  # (N, r)
-            if need[4]:
-                grad_A = _grouped_mm(grad_codes.t(), a, offsets)  # (D, r, in)
-            if need[5]:
-                grad_B = _grouped_mm(grad_sorted.t(), codes, offsets)  # (D, out, r)
-            if need_grad_a:
-                grad_a_sorted = _grouped_mm(grad_codes, lora_A, offsets)  # (N, in)
-                grad_a = torch.empty_like(grad_a_sorted).index_copy_(0, segments.order, grad_a_sorted)
-            if need[6]:
-                grad_db = torch.zeros(lora_B.shape[:2], dtype=grad_out.dtype, device=grad_out.device)
-                grad_db.index_add_(0, segments.domain_ids, grad_out)  # (D, out)
-        if need[0]:
+        g_blk = _to_slots(grad_out, segments)  # (nb, M, out)
+        if need[4] or need_grad_a:
+            grad_codes_t = _bmm(B_blk.transpose(1, 2), g_blk.transpose(1, 2)).mul_(ctx.scaling)  # (nb, r, M)
+            grad_codes_t = _mask_padding(grad_codes_t, segments)
+        if need[4]:
+            grad_A = _sum_blocks(_bmm(grad_codes_t, a_blk), segments, num_domains)  # (D, r, in)
+        if need[5]:
+            grad_B = _sum_blocks(_bmm(codes_t, g_blk).transpose(1, 2), segments, num_domains)
+        if need_grad_a:
+            grad_a = _from_slots(_bmm(grad_codes_t.transpose(1, 2), A_blk), segments)  # (N, in)
+        if need[6]:
+            block_sums = _bmm(_real_slots(segments, g_blk), g_blk)  # (nb, 1, out)
+            grad_db = _sum_blocks(block_sums, segments, num_domains).squeeze(1)  # (D, out)
+        if need[0] and ctx.has_adapter_input:
             grad_x = grad_out @ weight  # (N, in)
-            if not ctx.has_adapter_input:
-                grad_x.add_(grad_a)
-                grad_a = None
+        elif need[0]:
+            grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
         if need[2]:
             grad_w = grad_out.t() @ x  # (out, in)
         if need[3]:
@@ -153,46 +172,61 @@ class _RoutedLinear(torch.autograd.Function):
         return grad_x, grad_a, grad_w, grad_b, grad_A, grad_B, grad_db, None, None
 
 
-def _grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
-    """Segment-wise matmul: `a` 2-D with rows (or, when `b` is 2-D, columns) split by `offsets`.
-
-    Uses torch's grouped GEMM where this device and dtype support it, else a loop over segments.
-    """
-    if _grouped_mm_supported(a.device.type, a.dtype):
-        return F.grouped_mm(a, b, offs=offsets)
-    ends = offsets.tolist()
-    starts = [0] + ends[:-1]
-    if b.dim() == 3:  # a: (N, k) rows by segment, b: (D, k, m) -> (N, m)
-        out = a.new_zeros(a.shape[0], b.shape[2])
-        for d, (start, end) in enumerate(zip(starts, ends)):
-            if end > start:
-                torch.mm(a[start:end], b[d], out=out[start:end])
-        return out
-    # a: (k, N) columns by segment, b: (N, m) rows by segment -> (D, k, m)
-    out = a.new_zeros(len(ends), a.shape[0], b.shape[1])
-    for d, (start, end) in enumerate(zip(starts, ends)):
-        if end > start:
-            torch.mm(a[:, start:end], b[start:end], out=out[d])
-    return out
+def _bmm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Batched `a @ b (+ bias)` over blocks; one block uses a plain matmul, which is faster on CPU."""
+    if a.shape[0] == 1:
+        return (torch.mm(a[0], b[0]) if bias is None else torch.addmm(bias[0], a[0], b[0])).unsqueeze(0)
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
 
 
-_GROUPED_MM_SUPPORT: dict[tuple[str, torch.dtype], bool] = {}
+def _per_block(stacked: Tensor, segments: DomainSegments) -> Tensor:
+    """`(D, ...)` per-domain weights as `(nb, ...)` per-block weights (the same tensor when block d is domain d's)."""
+    if segments.single_domain is not None:
+        return stacked.narrow(0, segments.single_domain, 1)
+    return stacked if segments.block_domain is None else stacked.index_select(0, segments.block_domain)
 
 
-def _grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether `F.grouped_mm` runs here; probed once per (device type, dtype) on the CPU only.
+def _sum_blocks(per_block: Tensor, segments: DomainSegments, num_domains: int) -> Tensor:
+    """`(nb, ...)` per-block gradients summed into the `(D, ...)` gradient of the stacked weight."""
+    if segments.single_domain is None and segments.block_domain is None:
+        return per_block
+    total = per_block.new_zeros(num_domains, *per_block.shape[1:])
+    if segments.single_domain is not None:
+        return total.index_copy_(0, segments.domain_ids[:1], per_block)
+    return total.index_add_(0, segments.block_domain, per_block)
 
-    On CUDA it needs bfloat16, recent GPUs and aligned shapes, so the segment loop is used there.
-    """
-    key = (device_type, dtype)
-    if key not in _GROUPED_MM_SUPPORT:
-        supported = False
-        if device_type == "cpu" and hasattr(F, "grouped_mm"):
-            try:
-                probe = F.grouped_mm(torch.ones(3, 2, dtype=dtype), torch.ones(2, 2, 1, dtype=dtype),
-                                     offs=torch.tensor([1, 3], dtype=torch.int32))
-                supported = bool(torch.equal(probe, torch.full((3, 1), 2.0, dtype=dtype)))
-            except (RuntimeError, TypeError, NotImplementedError):
-                supported = False
-        _GROUPED_MM_SUPPORT[key] = supported
-    return _GROUPED_MM_SUPPORT[key]
+
+def _to_slots(rows: Tensor, segments: DomainSegments) -> Tensor:
+    """`(N, k)` rows laid out in blocks: `(nb, M, k)`, padding slots holding row 0."""
+    if segments.single_domain is not None:
+        return rows.reshape(1, *rows.shape)
+    return rows.index_select(0, segments.row_of_slot).view(-1, segments.block_size, rows.shape[1])
+
+
+def _from_slots(blocks: Tensor, segments: DomainSegments) -> Tensor:
+    """`(nb, M, k)` blocks back to `(N, k)` rows in the batch's order."""
+    if segments.single_domain is not None:
+        return blocks[0]
+    return blocks.view(-1, blocks.shape[2]).index_select(0, segments.slot_of_row)
+
+
+def _mask_padding(by_slot: Tensor, segments: DomainSegments) -> Tensor:
+    """Zero the padding slots of `(nb, k, M)`, in place (where, not multiply, so NaN rows cannot leak)."""
+    if segments.padding is None:
+        return by_slot
+    return by_slot.masked_fill_(segments.padding.view(by_slot.shape[0], 1, -1), 0)
+
+
+def _real_slots(segments: DomainSegments, like: Tensor) -> Tensor:
+    """`(nb, 1, M)` ones at the slots holding rows, zeros at the padding, in `like`'s dtype."""
+    if segments.padding is None:
+        return like.new_ones(1, 1, like.shape[1])
+    return (~segments.padding).to(like.dtype).view(like.shape[0], 1, -1)
+
+
+def _slot_bias(bias: Optional[Tensor], domain_bias: Optional[Tensor], segments: DomainSegments) -> Optional[Tensor]:
+    """`(nb, 1, out)` the base plus domain bias of each block, or None when there is neither."""
+    if domain_bias is None:
+        return None if bias is None else bias.view(1, 1, -1)
+    per_block = _per_block(domain_bias, segments)  # (nb, out)
+    return (per_block if bias is None else per_block + bias).unsqueeze(1)

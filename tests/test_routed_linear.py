@@ -12,6 +12,8 @@ CASES = [  # (rows, in, out, rank, domains, ids pattern)
     (20, 5, 7, 1, 3, "single"),
     (30, 4, 3, 2, 50, "mixed"),  # more domains than present
     (1, 3, 2, 1, 2, "mixed"),
+    (64, 6, 5, 2, 10, "skewed"),  # one domain holds most rows: it spans several blocks
+    (90, 4, 3, 2, 300, "mixed"),  # more domains than rows
 ]
 
 
@@ -27,7 +29,11 @@ def _inputs(rows, fan_in, fan_out, rank, domains, pattern, with_bias=True):
     for tensor in params.values():
         if tensor is not None:
             tensor.requires_grad_(True)
-    ids = torch.full((rows,), domains - 1) if pattern == "single" else torch.randint(0, domains, (rows,))
+    ids = torch.randint(0, domains, (rows,))
+    if pattern == "single":
+        ids = torch.full((rows,), domains - 1)
+    elif pattern == "skewed":
+        ids = torch.where(torch.rand(rows) < 0.85, torch.zeros_like(ids), ids)
     return params, ids
 
 
