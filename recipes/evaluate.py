@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import torch
 import yaml
 from accelerate import Accelerator
 from peft import PeftModel
@@ -22,33 +21,34 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mlora_peft.evaluation import evaluate, gain_table
-from train import ColumnDataset, TrainConfig, _build, _identity, build_model, load_data
+from mlora_peft.data import MultiDomainData
+from train import TrainConfig, _build, build_model, load_data
 
 
-def load_run(run_dir: Path) -> tuple[TrainConfig, nn.Module, dict, list[str]]:
-    """The config, the trained model, the data splits and domain names of a saved run."""
+def load_run(run_dir: Path) -> tuple[TrainConfig, nn.Module, MultiDomainData]:
+    """The config, the trained model and the data of a saved run."""
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: pass the output_dir of a finished training run.")
     cfg = _build(TrainConfig, yaml.safe_load(config_path.read_text()), "")
-    data, domain_names = load_data(cfg)
+    data = load_data(cfg)
     if cfg.mlora.mode == "none":
-        model = build_model(cfg, data, domain_names)
+        model = build_model(cfg, data)
         model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     else:
         plain_cfg = dataclasses.replace(cfg, mlora=dataclasses.replace(cfg.mlora, mode="none"))
-        model = PeftModel.from_pretrained(build_model(plain_cfg, data, domain_names), run_dir / "adapter")
-    return cfg, model, data, domain_names
+        model = PeftModel.from_pretrained(build_model(plain_cfg, data), run_dir / "adapter")
+    return cfg, model, data
 
 
 def evaluate_run(run_dir: Path, split: str, accelerator: Accelerator) -> dict:
-    cfg, model, data, domain_names = load_run(run_dir)
-    if split not in data:
-        raise ValueError(f"split={split!r} is not in the run's data; choose one of {sorted(data)}.")
-    loader = torch.utils.data.DataLoader(ColumnDataset(data[split]), batch_size=cfg.train.batch_size,
-                                         collate_fn=_identity)
+    cfg, model, data = load_run(run_dir)
+    if split not in data.splits:
+        raise ValueError(f"split={split!r} is not in the run's data; choose one of {sorted(data.splits)}.")
+    loader = data.loader(split, batch_size=max(cfg.train.batch_size // accelerator.num_processes, 1),
+                         num_processes=accelerator.num_processes)
     model, loader = accelerator.prepare(model, loader)
-    return evaluate(model, loader, accelerator, domain_names)
+    return evaluate(model, loader, accelerator, list(data.domain_names))
 
 
 def main() -> None:

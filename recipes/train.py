@@ -34,7 +34,11 @@ from tqdm.auto import tqdm
 import mlora_peft
 from mlora_peft.evaluation import evaluate, gain_table, plot_report, predict
 from mlora_peft.metrics import domain_report
-from mlora_peft.synthetic import make_synthetic_ctr
+from mlora_peft import data as data_lib
+from mlora_peft import models
+from mlora_peft.data import MultiDomainData
+from mlora_peft.data.table_encoder import DOMAIN_COLUMN
+from mlora_peft.features import SparseFeature
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -42,18 +46,36 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 # ---------------------------------------------------------------------------------- config
 @dataclass
 class DataConfig:
-    num_domains: int = field(default=4, metadata={"help": "Number of synthetic domains."})
-    rows: int = field(default=40_000, metadata={"help": "Rows over train, validation and test."})
-    domain_effect: float = field(default=1.0, metadata={"help": "Strength of the domain-specific click effect."})
-    imbalance: float = field(default=1.5, metadata={"help": "Domain d's share is proportional to imbalance**-d."})
-    seed: int = field(default=0, metadata={"help": "Seed of the data and its split."})
+    source: str = field(default="synthetic", metadata={
+        "help": "synthetic (built-in, offline), movielens, amazon, or a table for load_multidomain: file(s) "
+                "(CSV/TSV/parquet/JSON, gzip too) or a Hub dataset id."})
+    path: Optional[str] = field(default=None, metadata={
+        "help": "Folder of the movielens (u.data, ...) or amazon (<Category>.csv.gz) files."})
+    num_domains: int = field(default=4, metadata={"help": "synthetic: number of domains."})
+    rows: int = field(default=40_000, metadata={"help": "synthetic: rows over train, validation and test."})
+    domain_effect: float = field(default=1.0, metadata={"help": "synthetic: strength of the domain-specific effect."})
+    imbalance: float = field(default=1.5, metadata={"help": "synthetic: domain d's share is proportional to imbalance**-d."})
+    domain: Optional[str] = field(default=None, metadata={
+        "help": "movielens: gender, age or occupation; table: the domain column."})
+    label: Optional[str] = field(default=None, metadata={
+        "help": "movielens: rating==5 (the paper) or rating>3; table: the 0/1 label column or a rule like rating>3."})
+    sparse: Optional[list[str]] = field(default=None, metadata={"help": "table: categorical columns (None: inferred)."})
+    dense: Optional[list[str]] = field(default=None, metadata={"help": "table: numeric columns (None: inferred)."})
+    categories: Optional[list[str]] = field(default=None, metadata={"help": "amazon: categories to load (None: all)."})
+    composition: str = field(default="mixed", metadata={
+        "help": "Training batches: mixed, per_domain (one domain per batch, the paper's code) or sorted."})
+    seed: int = field(default=0, metadata={"help": "Seed of the data (sampling, negatives) and its split."})
 
 
 @dataclass
 class ModelConfig:
+    name: str = field(default="mlp", metadata={"help": "A zoo model: see mlora_peft.models.list_models()."})
     embedding_dim: int = field(default=8, metadata={"help": "Width of each id embedding."})
+    embed_domain: bool = field(default=True, metadata={"help": "Embed the domain id as a feature too (the paper)."})
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata={"help": "Deep tower widths."})
     dropout: float = field(default=0.5, metadata={"help": "Dropout after each hidden layer."})
+    options: dict = field(default_factory=dict, metadata={
+        "help": "Other keyword options of the zoo model, e.g. {cross_layers: 3} (see docs/models.md)."})
 
 
 @dataclass
@@ -116,76 +138,41 @@ def _build(cls, values: dict, where: str):
 
 
 # ---------------------------------------------------------------------------------- data and model
-class ColumnDataset(torch.utils.data.Dataset):
-    """Columns as tensors; a batch of indices is gathered in one step (no per-row Python)."""
-
-    def __init__(self, split) -> None:
-        self.columns = dict(split.with_format("torch")[:].items())
-
-    def __len__(self) -> int:
-        return len(self.columns["label"])
-
-    def __getitem__(self, index: int) -> dict:
-        return {k: v[index] for k, v in self.columns.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict:
-        index = torch.as_tensor(indices)
-        return {k: v[index] for k, v in self.columns.items()}
-
-
-class EpochShuffle(torch.utils.data.Sampler):
-    """A permutation fixed by (seed, epoch): the same order on every process and after a resume."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+def load_data(cfg: TrainConfig) -> MultiDomainData:
+    """The encoded train / validation / test splits the config names."""
+    d = cfg.data
+    dim = cfg.model.embedding_dim
+    if d.source == "synthetic":
+        return data_lib.make_synthetic(num_domains=d.num_domains, rows=d.rows, domain_effect=d.domain_effect,
+                                       imbalance=d.imbalance, seed=d.seed, embedding_dim=dim)
+    if d.source == "movielens":
+        return data_lib.load_movielens(_required(d.path, "data.path"), domain=d.domain or "gender",
+                                       label=d.label or "rating==5", seed=d.seed, embedding_dim=dim)
+    if d.source == "amazon":
+        return data_lib.load_amazon(_required(d.path, "data.path"), categories=d.categories, seed=d.seed,
+                                    embedding_dim=dim)
+    return data_lib.load_multidomain(d.source, label=_required(d.label, "data.label"),
+                                     domain=_required(d.domain, "data.domain"), sparse=d.sparse, dense=d.dense,
+                                     seed=d.seed, embedding_dim=dim)
 
 
-class IdMLP(nn.Module):
-    """User, item and domain embeddings plus the dense price, then a ReLU tower and a logit head."""
-
-    def __init__(self, users: int, items: int, domains: int, cfg: ModelConfig) -> None:
-        super().__init__()
-        dim = cfg.embedding_dim
-        self.user, self.item, self.domain = nn.Embedding(users, dim), nn.Embedding(items, dim), nn.Embedding(domains, dim)
-        layers, width = [], 3 * dim + 1
-        for hidden in cfg.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
-            width = hidden
-        self.tower = nn.Sequential(*layers)
-        self.head = nn.Linear(width, 1)
-        self.mlora_target_modules = [f"tower.{3 * i}" for i in range(len(cfg.hidden))]  # the paper's placement
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        features = [self.user(batch["user"]), self.item(batch["item"]), self.domain(batch["domain_id"]),
-                    batch["price"].unsqueeze(-1)]
-        return self.head(self.tower(torch.cat(features, -1))).squeeze(-1)  # (N,) logits
-
-
-def load_data(cfg: TrainConfig) -> tuple[dict, list[str]]:
-    """The train / validation / test splits and the domain names."""
-    data = make_synthetic_ctr(**dataclasses.asdict(cfg.data))
-    return data, [f"domain_{d}" for d in range(cfg.data.num_domains)]
-
-
-def build_model(cfg: TrainConfig, data, domain_names: list[str]) -> nn.Module:
-    """The backbone, wrapped with MLoRA unless mode is none (two_stage starts with adapters frozen)."""
-    backbone = IdMLP(int(max(data["train"]["user"])) + 1, int(max(data["train"]["item"])) + 1,
-                     len(domain_names), cfg.model)
+def build_model(cfg: TrainConfig, data: MultiDomainData) -> nn.Module:
+    """The zoo model, wrapped with MLoRA on its deep tower unless mode is none."""
+    m = cfg.model
+    features = list(data.feature_spec)
+    if m.embed_domain:
+        features.append(SparseFeature(DOMAIN_COLUMN, vocab_size=data.num_domains, embedding_dim=m.embedding_dim))
+    options = {"hidden": m.hidden, "dropout": m.dropout, **m.options}
+    if m.name in models.list_models("baselines"):
+        if cfg.mlora.mode != "none":
+            raise ValueError(f"model.name={m.name!r} is a multi-domain baseline: compare it with mlora.mode=none.")
+        options["num_domains"] = data.num_domains
+    model = models.build_model(m.name, features, **options)
     if cfg.mlora.mode == "none":
-        return backbone
-    adapter = mlora_peft.MultiDomainLoraConfig(domain_names=domain_names, r=cfg.mlora.r,
+        return model
+    adapter = mlora_peft.MultiDomainLoraConfig(domain_names=list(data.domain_names), r=cfg.mlora.r,
                                                rank_divisor=cfg.mlora.rank_divisor, train_base=True)
-    return get_peft_model(backbone, adapter)
+    return get_peft_model(model, adapter)
 
 
 # ---------------------------------------------------------------------------------- training state
@@ -262,15 +249,18 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     accelerator.init_trackers("mlora", config=_flat(dataclasses.asdict(cfg)))
 
     # -- data
-    data, domain_names = load_data(cfg)
+    with accelerator.main_process_first():
+        data = load_data(cfg)
+    domain_names = list(data.domain_names)
     per_process = max(cfg.train.batch_size // accelerator.num_processes, 1)
-    shuffle = EpochShuffle(len(data["train"]), cfg.train.seed)
-    loaders = {name: torch.utils.data.DataLoader(ColumnDataset(split), batch_size=per_process, collate_fn=_identity,
-                                                 sampler=shuffle if name == "train" else None)
-               for name, split in data.items()}
+    loaders = {name: data.loader(name, batch_size=per_process, seed=cfg.train.seed,
+                                 composition=cfg.data.composition if name == "train" else "mixed",
+                                 num_processes=accelerator.num_processes)
+               for name in ("train", "validation", "test")}
+    epoch_order = loaders["train"].batch_sampler  # the shuffle is fixed by (seed, epoch): resumable
 
     # -- model, optimiser, prepare
-    model = build_model(cfg, data, domain_names)
+    model = build_model(cfg, data)
     optimizer = make_optimizer(model, cfg.train.lr)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"])
@@ -291,7 +281,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
         stage = stages[state.stage]
         set_stage(model, optimizer, stage, cfg.train.lr)
         while state.epoch < cfg.train.max_epochs and state.waited < cfg.train.patience:
-            shuffle.set_epoch(state.epoch)
+            epoch_order.set_epoch(state.epoch)
             model.train()
             batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
             bar = tqdm(batches, desc=f"{stage} epoch {state.epoch + 1}", initial=state.step_in_epoch,
@@ -337,6 +327,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     if accelerator.is_main_process:
         if cfg.mlora.mode != "none":
             unwrapped.save_pretrained(out_dir / "adapter")
+            data.save_encoder(out_dir / "adapter")
         else:
             save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, str(out_dir / "model.safetensors"))
         save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))
@@ -362,8 +353,10 @@ def main(cfg: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------- small helpers
-def _identity(batch):
-    return batch
+def _required(value: Optional[str], key: str) -> str:
+    if value is None:
+        raise ValueError(f"{key} must be set for this data source (e.g. {key}=...).")
+    return value
 
 
 def _has(module: str) -> bool:

@@ -14,7 +14,7 @@ import mlora_peft.models
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.features import DenseFeature, SequenceFeature, SparseFeature
 from mlora_peft.models import build_model, list_models, model_options
-from mlora_peft.synthetic import make_synthetic_ctr
+from mlora_peft.data import synthetic_table
 
 DOMAINS = 3
 TINY_SPEC = [
@@ -61,8 +61,10 @@ def tiny_batch(rows: int, seed: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def synthetic() -> dict:
-    data = make_synthetic_ctr(num_domains=DOMAINS, rows=5000, domain_effect=1.5, seed=0)["train"].with_format("torch")
-    return data[:]  # {column: tensor}
+    table = synthetic_table(num_domains=DOMAINS, rows=3000, users=500, items=300, domain_effect=1.5, imbalance=1.0,
+                            seed=0)  # raw ids: users < 500, items < 300, as SYNTHETIC_SPEC says
+    return {("domain_id" if name == "domain" else name): torch.as_tensor(table.column(name).to_numpy())
+            for name in table.column_names}
 
 
 def test_names():

@@ -116,12 +116,12 @@ def test_resume_after_sigkill_ends_with_the_same_results(tmp_path):
 
 
 def test_two_processes_match_one(tmp_path, train):
-    from mlora_peft.synthetic import make_synthetic_ctr
-
-    cfg = train.load_config(TINY, [])
-    rows = len(make_synthetic_ctr(**{**cfg.data.__dict__})["train"])
-    batch = next(b for b in range(256, 16, -2) if rows % b == 0)  # no uneven last batch to pad
-    common = ["mlora.mode=joint", "train.max_epochs=2", f"train.batch_size={batch}"]
+    for total in range(3000, 3100):  # a data size whose train split divides into even batches
+        rows = train.load_data(train.load_config(TINY, [f"data.rows={total}"])).splits["train"].num_rows
+        batch = next((b for b in range(256, 63, -2) if rows % b == 0), None)
+        if batch:
+            break
+    common = ["mlora.mode=joint", "train.max_epochs=2", f"train.batch_size={batch}", f"data.rows={total}"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_launch([f"output_dir={one}", *common]), check=True, capture_output=True)
     run = subprocess.run(_launch([f"output_dir={two}", *common], processes=2), capture_output=True, text=True)
