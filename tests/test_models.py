@@ -63,7 +63,7 @@ def tiny_batch(rows: int, seed: int = 0) -> dict:
 def synthetic() -> dict:
     table = synthetic_table(num_domains=DOMAINS, rows=3000, users=500, items=300, domain_effect=1.5, imbalance=1.0,
                             seed=0)  # raw ids: users < 500, items < 300, as SYNTHETIC_SPEC says
-    return {("domain_id" if name == "domain" else name): torch.as_tensor(table.column(name).to_numpy())
+    return {("domain_id" if name == "domain" else name): torch.tensor(table.column(name).to_numpy())
             for name in table.column_names}
 
 
