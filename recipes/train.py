@@ -38,7 +38,7 @@ from mlora_peft import data as data_lib
 from mlora_peft import models
 from mlora_peft.data import MultiDomainData
 from mlora_peft.data.table_encoder import DOMAIN_COLUMN
-from mlora_peft.features import SparseFeature
+from mlora_peft.features import SparseFeature, features_to_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -101,6 +101,14 @@ class TrainSettings:
 
 
 @dataclass
+class HubSettings:
+    push_to_hub: Optional[str] = field(default=None, metadata={
+        "help": "A Hub repository id (user/name) to push the adapter to after training (None: do not push)."})
+    private: Optional[bool] = field(default=None, metadata={"help": "Create the repository as private."})
+    revision: Optional[str] = field(default=None, metadata={"help": "Branch to push to (None: main)."})
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = field(default="runs/default", metadata={"help": "Where results, checkpoints and adapters go."})
     compare_with_plain: bool = field(default=True, metadata={"help": "Also train the plain backbone and show gains."})
@@ -108,6 +116,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mlora: MloraSettings = field(default_factory=MloraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
 
 
 def load_config(path: Path, overrides: list[str]) -> TrainConfig:
@@ -236,8 +245,11 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig, out_dir: Path) -> dict:
-    """Train one model as `cfg` says; returns the test report with config and parameter counts."""
+def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = None) -> dict:
+    """Train one model as `cfg` says; returns the test report with config and parameter counts.
+
+    `data`, when given, is used instead of `load_data(cfg)` (a benchmark reusing one loaded data set).
+    """
     # -- Accelerator
     trackers = "tensorboard" if _has("tensorboard") else None
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(out_dir),
@@ -249,8 +261,9 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     accelerator.init_trackers("mlora", config=_flat(dataclasses.asdict(cfg)))
 
     # -- data
-    with accelerator.main_process_first():
-        data = load_data(cfg)
+    if data is None:
+        with accelerator.main_process_first():
+            data = load_data(cfg)
     domain_names = list(data.domain_names)
     per_process = max(cfg.train.batch_size // accelerator.num_processes, 1)
     loaders = {name: data.loader(name, batch_size=per_process, seed=cfg.train.seed,
@@ -326,8 +339,12 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)
     if accelerator.is_main_process:
         if cfg.mlora.mode != "none":
-            unwrapped.save_pretrained(out_dir / "adapter")
-            data.save_encoder(out_dir / "adapter")
+            extra = {"data_encoder": data.encoder, "feature_spec": features_to_json(data.feature_spec)}
+            mlora_peft.save_pretrained(unwrapped, out_dir / "adapter", json_files=extra, eval_report=report,
+                                       repo_id=cfg.hub.push_to_hub)
+            if cfg.hub.push_to_hub:
+                mlora_peft.push_to_hub(unwrapped, cfg.hub.push_to_hub, private=cfg.hub.private,
+                                       revision=cfg.hub.revision, json_files=extra, eval_report=report)
         else:
             save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, str(out_dir / "model.safetensors"))
         save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))

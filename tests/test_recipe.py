@@ -149,3 +149,37 @@ def test_evaluate_reproduces_the_saved_report(tmp_path, mode):
     assert report["wauc"] == pytest.approx(saved["wauc"], abs=1e-7)
     for name, row in saved["per_domain"].items():
         assert report["per_domain"][name]["auc"] == pytest.approx(row["auc"], abs=1e-7)
+
+
+def test_push_to_hub_after_training_uploads_the_per_domain_layout(tmp_path):
+    from tests.hub_server import HubServer
+
+    with HubServer() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_loopback_test_token",
+               "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        subprocess.run(_launch([f"output_dir={tmp_path / 'run'}", "train.max_epochs=1", "hub.push_to_hub=team/tiny"]),
+                       check=True, capture_output=True, env=env)
+    pushed = list(hub.repos["team/tiny"].commits.values())[-1]
+    assert {"adapter_config.json", "adapter_model.safetensors", "data_encoder.json", "feature_spec.json",
+            "README.md", "domains/domain_0/adapter_model.safetensors"} <= set(pushed)
+    saved = tmp_path / "run" / "adapter"
+    assert pushed["domains/domain_1/adapter_model.safetensors"] == (
+        saved / "domains" / "domain_1" / "adapter_model.safetensors").read_bytes()
+
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.parametrize("name, domains", [("movielens_gender", 2), ("movielens_age", 7)])
+def test_paper_protocol_configs_load_their_data(train, name, domains):
+    if not (SHARED_DATA / "ml-100k" / "u.data").exists():
+        pytest.skip(f"MovieLens-100K is not at {SHARED_DATA / 'ml-100k'} (the shared data folder)")
+    cfg = train.load_config(ROOT / "recipes" / "configs" / f"{name}.yaml", [f"data.path={SHARED_DATA / 'ml-100k'}"])
+    data = train.load_data(cfg)
+    assert data.num_domains == domains
+    assert sum(data.splits[s].num_rows for s in data.splits) == 100_000
+
+
+def test_amazon6_config_parses(train):
+    cfg = train.load_config(ROOT / "recipes" / "configs" / "amazon6.yaml", [])
+    assert (cfg.data.source, cfg.model.name, cfg.mlora.mode) == ("amazon", "mlp", "joint")
