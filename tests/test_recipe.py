@@ -115,12 +115,18 @@ def test_resume_after_sigkill_ends_with_the_same_results(tmp_path):
     assert resumed["per_domain"] == whole["per_domain"]
 
 
-def test_two_processes_match_one(tmp_path, train):
-    for total in range(3000, 3100):  # a data size whose train split divides into even batches
+def _even_split(train) -> tuple[int, int]:
+    """A data size and a batch size (even, >= 64) that divides its train split: no uneven last batch."""
+    for total in range(3000, 3100):
         rows = train.load_data(train.load_config(TINY, [f"data.rows={total}"])).splits["train"].num_rows
-        batch = next((b for b in range(256, 63, -2) if rows % b == 0), None)
+        batch = next((b for b in range(256, 63, -4) if rows % b == 0), None)
         if batch:
-            break
+            return total, batch
+    raise AssertionError("no data size in 3000..3099 has an even batch size")
+
+
+def test_two_processes_match_one(tmp_path, train):
+    total, batch = _even_split(train)
     common = ["mlora.mode=joint", "train.max_epochs=2", f"train.batch_size={batch}", f"data.rows={total}"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_launch([f"output_dir={one}", *common]), check=True, capture_output=True)
@@ -183,3 +189,23 @@ def test_paper_protocol_configs_load_their_data(train, name, domains):
 def test_amazon6_config_parses(train):
     cfg = train.load_config(ROOT / "recipes" / "configs" / "amazon6.yaml", [])
     assert (cfg.data.source, cfg.model.name, cfg.mlora.mode) == ("amazon", "mlp", "joint")
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, train):
+    """Two accumulated half batches give the full batch's step (tiny.yaml has no dropout)."""
+    total, batch = _even_split(train)
+    common = [f"data.rows={total}", "train.max_epochs=2", "compare_with_plain=false"]
+    full = train.main(train.load_config(TINY, [*common, f"output_dir={tmp_path / 'full'}", f"train.batch_size={batch}"]))
+    halves = train.main(train.load_config(TINY, [*common, f"output_dir={tmp_path / 'acc'}",
+                                                 f"train.batch_size={batch // 2}",
+                                                 "train.gradient_accumulation_steps=2"]))
+    assert halves["wauc"] == pytest.approx(full["wauc"], abs=1e-5)
+    assert halves["logloss"] == pytest.approx(full["logloss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("composition", ["per_domain", "sorted"])
+def test_batch_compositions_train(tmp_path, train, composition):
+    results = train.main(train.load_config(TINY, [f"output_dir={tmp_path}", f"data.composition={composition}",
+                                                  "train.max_epochs=2"]))
+    assert results["config"]["data"]["composition"] == composition
+    assert results["wauc"] > 0.5
