@@ -161,13 +161,15 @@ class _RoutedLinear(torch.autograd.Function):
         if need[6]:
             block_sums = _bmm(_real_slots(segments, g_blk), g_blk)  # (nb, 1, out)
             grad_db = _sum_blocks(block_sums, segments, num_domains).squeeze(1)  # (D, out)
+            if need[3]:  # the base bias gradient is the sum of the domains' (one pass over grad_out saved)
+                grad_b = grad_db.sum(0)  # (out,)
         if need[0] and ctx.has_adapter_input:
             grad_x = grad_out @ weight  # (N, in)
         elif need[0]:
             grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
         if need[2]:
             grad_w = grad_out.t() @ x  # (out, in)
-        if need[3]:
+        if need[3] and grad_b is None:
             grad_b = grad_out.sum(0)
         return grad_x, grad_a, grad_w, grad_b, grad_A, grad_B, grad_db, None, None
 
