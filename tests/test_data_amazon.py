@@ -54,7 +54,6 @@ def test_two_categories_follow_the_negative_protocol():
     _check_protocol(rows, ratios)
 
 
-@pytest.mark.slow
 @needs_amazon
 def test_six_categories_load_as_six_domains_with_the_negative_protocol():
     rows, ratios = amazon_interactions(AMAZON, seed=0)

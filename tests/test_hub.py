@@ -370,7 +370,6 @@ save_file({"out": model(torch.ones(4, 6))}, sys.argv[2])
 """
 
 
-@pytest.mark.slow
 def test_hf_hub_offline_env_in_a_fresh_process(hub, api, tmp_path):
     model = _trained()
     mlora_peft.push_to_hub(model, "team/ctr", api=api)
