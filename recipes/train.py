@@ -131,7 +131,18 @@ def load_config(path: Path, overrides: list[str]) -> TrainConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
-    return _build(TrainConfig, values, "")
+    return check_config(_build(TrainConfig, values, ""))
+
+
+def check_config(cfg: "TrainConfig") -> "TrainConfig":
+    """Refuse values the recipe cannot use, naming what is allowed."""
+    choices = {"mlora.mode": (cfg.mlora.mode, ("joint", "two_stage", "none")),
+               "train.early_stopping_metric": (cfg.train.early_stopping_metric, ("mean_auc", "wauc")),
+               "data.composition": (cfg.data.composition, ("mixed", "per_domain", "sorted"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not allowed; use one of {list(allowed)}.")
+    return cfg
 
 
 def _build(cls, values: dict, where: str):

@@ -209,3 +209,13 @@ def test_batch_compositions_train(tmp_path, train, composition):
                                                   "train.max_epochs=2"]))
     assert results["config"]["data"]["composition"] == composition
     assert results["wauc"] > 0.5
+
+
+@pytest.mark.parametrize("override, match", [
+    ("mlora.mode=stage2", r"mlora.mode='stage2' is not allowed; use one of \['joint', 'two_stage', 'none'\]"),
+    ("train.early_stopping_metric=auc", r"train.early_stopping_metric='auc' is not allowed"),
+    ("data.composition=random", r"data.composition='random' is not allowed"),
+])
+def test_bad_config_values_name_the_allowed_ones(train, override, match):
+    with pytest.raises(ValueError, match=match):
+        train.load_config(TINY, [override])
