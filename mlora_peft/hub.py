@@ -44,14 +44,44 @@ DOMAINS_DIR = "domains"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def domain_folders(config: MultiDomainLoraConfig) -> list[str]:
-    """The folder name of each domain under `domains/`: its name, or `domain_<i>` when unnamed.
+def domain_labels(config: MultiDomainLoraConfig) -> list[str]:
+    """Each domain's name, or `domain_<i>` when the adapter has no names.
 
     Example:
-        >>> domain_folders(MultiDomainLoraConfig(num_domains=2))
+        >>> domain_labels(MultiDomainLoraConfig(num_domains=2))
         ['domain_0', 'domain_1']
     """
     return list(config.domain_names or [f"domain_{i}" for i in range(config.num_domains)])
+
+
+def domain_folder(name: str) -> str:
+    """The folder of domain `name` under `domains/`: the name, with every character other than a
+    letter, digit, `_`, `-` or `.` replaced by `_`, and a leading `d` when it would not start with a
+    letter or digit (the domain's real name stays in that folder's adapter_config.json).
+
+    Example:
+        >>> domain_folder("music"), domain_folder("K-12 student"), domain_folder("<18"), domain_folder("56+")
+        ('music', 'K-12_student', 'd_18', '56_')
+    """
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return slug if slug[:1].isalnum() else f"d{slug}"
+
+
+def domain_folders(config: MultiDomainLoraConfig) -> list[str]:
+    """The folder name of each domain under `domains/` (see `domain_folder`), refusing two that coincide.
+
+    Example:
+        >>> domain_folders(MultiDomainLoraConfig(domain_names=["<18", "18-24"]))
+        ['d_18', '18-24']
+    """
+    labels = domain_labels(config)
+    folders = [domain_folder(label) for label in labels]
+    clashes = sorted({f for f in folders if folders.count(f) > 1})
+    if clashes:
+        names = [label for label, folder in zip(labels, folders) if folder in clashes]
+        raise ValueError(f"Domains {names} would share the folder(s) {clashes} under domains/; rename one of them "
+                         "in the config's domain_names.")
+    return folders
 
 
 def save_pretrained(
@@ -97,18 +127,18 @@ def save_pretrained(
     """
     config = _config_of(model, adapter_name)
     folders = domain_folders(config)
-    for name in folders:
-        _check_safe_name(name, "domain name")
     texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
     tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    card = model_card(config, folders, type(model.get_base_model()).__name__, repo_id, eval_report, sorted(texts))
+    labels = domain_labels(config)
+    card = model_card(config, dict(zip(labels, folders)), type(model.get_base_model()).__name__, repo_id, eval_report,
+                      sorted(texts))
     target = Path(save_directory)
     check_replaceable(target, keep={CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, DOMAINS_DIR})
 
     def write(folder: Path) -> None:
         _write_adapter(folder, config, tensors)
-        for index, name in enumerate(folders):
-            one = dataclasses.replace(config, num_domains=1, domain_names=[name])
+        for index, (label, name) in enumerate(zip(labels, folders)):
+            one = dataclasses.replace(config, num_domains=1, domain_names=[label])
             _write_adapter(folder / DOMAINS_DIR / name, one, _domain_slices(tensors, index))
         for name, text in texts.items():
             (folder / f"{name}.json").write_text(text, encoding="utf-8")
@@ -157,12 +187,12 @@ def push_to_hub(
     """
     config = _config_of(model, adapter_name)
     if domains is not None:
-        _check_known(domains, domain_folders(config))
+        _check_known(domains, domain_labels(config))
     api = api or HfApi()
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_pretrained(model, Path(scratch) / "save", adapter_name=adapter_name, json_files=json_files,
                                  eval_report=eval_report, repo_id=repo_id)
-        roots = [folder / DOMAINS_DIR / name for name in domains] if domains is not None else [folder]
+        roots = [folder / DOMAINS_DIR / domain_folder(n) for n in domains] if domains is not None else [folder]
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
             for root in roots for path in sorted(root.rglob("*")) if path.is_file()
@@ -320,7 +350,7 @@ def _json_text(name: str, value: Any) -> str:
 def _check_safe_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"{what} {name!r} cannot name a folder or file: use letters, digits, '_', '-' and '.', "
-                         "starting with a letter or digit (rename it in the config's domain_names).")
+                         "starting with a letter or digit.")
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -333,8 +363,6 @@ def _requested(domains: Optional[Sequence[str]], merge: bool) -> Optional[list[s
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if not names or duplicates:
         raise ValueError(f"domains={names!r}: give at least one name, each once.")
-    for name in names:
-        _check_safe_name(name, "domain name")
     if merge and len(names) != 1:
         raise ValueError(f"merge=True folds exactly one domain into the weights, got domains={names!r}.")
     return names
@@ -351,14 +379,14 @@ def _fetch(source: Union[str, Path], names: Optional[list[str]], revision: Optio
     if local.exists() or local.is_absolute() or str(source).startswith((".", "~")):
         raise ValueError(f"{source} is not a saved adapter folder; pass the folder save_pretrained wrote, "
                          "or a Hub repo id.")
-    patterns = [f"{DOMAINS_DIR}/{name}/*" for name in names] if names else [CONFIG_NAME, WEIGHTS_NAME]
+    patterns = [f"{DOMAINS_DIR}/{domain_folder(n)}/*" for n in names] if names else [CONFIG_NAME, WEIGHTS_NAME]
     api = api or HfApi()
     return Path(api.snapshot_download(str(source), revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
 
 
 def _domain_folder(folder: Path, name: str, source: Union[str, Path], revision: Optional[str],
                    api: Optional[HfApi]) -> Path:
-    path = folder / DOMAINS_DIR / name
+    path = folder / DOMAINS_DIR / domain_folder(name)
     if (path / CONFIG_NAME).is_file():
         return path
     known = _known_domains(folder, source, revision, api)

@@ -14,7 +14,7 @@ TAGS = ["peft", "mlora", "multi-domain-lora", "ctr-prediction", "recommendation"
 
 def model_card(
     config: MultiDomainLoraConfig,
-    folders: Sequence[str],
+    folders: Mapping[str, str],
     base_class: str,
     repo_id: Optional[str] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
@@ -24,7 +24,7 @@ def model_card(
 
     Args:
         config: the adapter's config (its `base_model_name_or_path` goes into the metadata when set).
-        folders: each domain's folder name, in index order.
+        folders: each domain's name mapped to its folder under `domains/`, in index order.
         base_class: the class name of the base model.
         repo_id: the Hub repository, used in the loading snippet (a placeholder when None).
         eval_report: `mlora_peft.metrics.domain_report` output; its `per_domain[name]` `rows` and `auc`
@@ -35,7 +35,7 @@ def model_card(
         The README text.
 
     Example:
-        >>> card = model_card(MultiDomainLoraConfig(domain_names=["a"], r=2), ["a"], "DeepFM")
+        >>> card = model_card(MultiDomainLoraConfig(domain_names=["a"], r=2), {"a": "a"}, "DeepFM")
         >>> "library_name: peft" in card and "| 0 | a |" in card
         True
     """
@@ -43,8 +43,8 @@ def model_card(
     metadata = ModelCardData(library_name="peft", base_model=base, tags=TAGS).to_yaml()
     repo = repo_id or "<repo_id>"
     per_domain = (eval_report or {}).get("per_domain", {})
-    rows = [_domain_row(i, name, per_domain.get(name, {})) for i, name in enumerate(folders)]
-    first = folders[0]
+    rows = [_domain_row(i, name, folder, per_domain.get(name, {})) for i, (name, folder) in enumerate(folders.items())]
+    first = next(iter(folders))
     rank = f"r = {config.r}" if config.r is not None else f"r = out_features // {config.rank_divisor or 16}"
     targets = config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules or [])
     extras = "".join(f"- `{name}.json`\n" for name in json_files) or "- none\n"
@@ -86,7 +86,7 @@ model = mlora_peft.load_domains(base_model, "{repo}", domains=["{first}"])
 plain = mlora_peft.load_domains(base_model, "{repo}", domains=["{first}"], merge=True)  # no routing left
 ```
 
-With PEFT alone: `PeftModel.from_pretrained(base_model, "{repo}", subfolder="domains/{first}")`.
+With PEFT alone: `PeftModel.from_pretrained(base_model, "{repo}", subfolder="domains/{folders[first]}")`.
 Loading needs no remote code: configs are JSON and weights are safetensors.
 
 ## Extra files
@@ -94,9 +94,9 @@ Loading needs no remote code: configs are JSON and weights are safetensors.
 {extras}"""
 
 
-def _domain_row(index: int, name: str, metrics: Mapping[str, Any]) -> str:
+def _domain_row(index: int, name: str, folder: str, metrics: Mapping[str, Any]) -> str:
     rows = metrics.get("rows")
     auc = metrics.get("auc")
     rows_text = "" if rows is None else str(int(rows))
     auc_text = "" if auc is None else f"{float(auc):.4f}"
-    return f"| {index} | {name} | `domains/{name}/` | {rows_text} | {auc_text} |"
+    return f"| {index} | {name} | `domains/{folder}/` | {rows_text} | {auc_text} |"

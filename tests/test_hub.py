@@ -379,3 +379,19 @@ def test_hf_hub_offline_env_in_a_fresh_process(hub, api, tmp_path):
     subprocess.run([sys.executable, "-c", OFFLINE_PROCESS, str(tmp_path / "cache"), str(tmp_path / "out.st")],
                    check=True, cwd=ROOT, env=env)
     torch.testing.assert_close(load_file(str(tmp_path / "out.st"))["out"], model(torch.ones(4, 6), domain_ids=0))
+
+
+def test_domain_names_that_are_not_folder_names_save_and_load_by_name(tmp_path):
+    """MovieLens age groups ('<18', '56+') and occupations ('K-12 student') name domains too."""
+    names = ["<18", "K-12 student", "56+"]
+    model = get_peft_model(_base(), MultiDomainLoraConfig(domain_names=names, r=2, init_weights=False))
+    model.eval()
+    folder = mlora_peft.save_pretrained(model, tmp_path / "save")
+    assert sorted(p.name for p in (folder / "domains").iterdir()) == ["56_", "K-12_student", "d_18"]
+    one = mlora_peft.load_domains(_base(), folder, domains=["56+"])
+    assert one.peft_config["default"].domain_names == ["56+"]
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(one(x, domain_ids=0), model(x, domain_ids="56+"), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"Domains \['a b', 'a_b'\] would share the folder\(s\) \['a_b'\]"):
+        mlora_peft.save_pretrained(get_peft_model(PlainMLP(), MultiDomainLoraConfig(domain_names=["a b", "a_b"])),
+                                   tmp_path / "clash")
