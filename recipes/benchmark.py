@@ -1,0 +1,357 @@
+"""When does MLoRA help? Paired runs on real and synthetic data, written up as docs/benchmarks.md.
+
+    python recipes/benchmark.py --quick                               # a smoke run in minutes
+    python recipes/benchmark.py                                       # everything, 5 seeds (days on a CPU)
+    python recipes/benchmark.py --data amazon6 --models mlp,deepfm,shared_bottom --seeds 0,1,2
+    python recipes/benchmark.py --report-only                         # rewrite the page from the cache
+
+Every run is `recipes/train.py`'s `train()` with the paper's settings (embedding 8, hidden
+[256, 128, 64], dropout 0.5, Adam 1e-3, batch 1024, early stopping on validation mean AUC,
+patience 3). A seed fixes the data (user subsample, negatives, split) and the initialisation for
+every model, so differences between models are paired. Each (data, model, seed) leaves a
+`summary.json` in the cache folder; a rerun skips finished runs, so an interrupted run continues.
+The page and its plots are generated from the cached summaries only (`recipes/benchmark_report.py`);
+the speed section comes from `recipes/bench_speed.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from mlora_peft import data as data_lib
+from mlora_peft import models
+from mlora_peft.data import MultiDomainData
+from mlora_peft.features import SparseFeature
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = ROOT.parent / "shared" / "data"
+SUMMARY = "summary.json"
+
+
+def load_recipe(name: str):
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", Path(__file__).parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+train_recipe = load_recipe("train")
+
+
+# ---------------------------------------------------------------------------------- what runs
+@dataclass(frozen=True)
+class DataSpec:
+    """One benchmark data set: how to load it for a seed, and the training batch composition."""
+
+    key: str  # cache folder and table name
+    title: str
+    source: str  # synthetic, movielens or amazon
+    options: dict = field(default_factory=dict)
+    composition: str = "mixed"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model: a zoo backbone or baseline, the MLoRA mode and rank divisor."""
+
+    name: str
+    model: str
+    mode: str  # none, joint or two_stage
+    rank_divisor: int = 16
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model in models.list_models("baselines")
+
+
+def variants(names: list[str], modes: list[str], divisors: list[int]) -> list[Variant]:
+    """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first."""
+    found = []
+    for name in names:
+        if name in models.list_models("baselines"):
+            found.append(Variant(name, name, "none"))
+            continue
+        found.append(Variant(name, name, "none"))
+        for mode in modes:
+            for divisor in divisors:
+                suffix = "" if divisor == 16 else f"/{divisor}"
+                found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}{suffix}", name, mode,
+                                     divisor))
+    return found
+
+
+def synthetic_specs(domain_counts: list[int], effects: list[float], rows: int, compositions: list[str]
+                    ) -> list[DataSpec]:
+    """Synthetic data with 10x imbalance between the largest and the smallest domain."""
+    specs = []
+    for count in domain_counts:
+        imbalance = 10 ** (1 / (count - 1)) if count > 1 else 1.0
+        for effect in effects:
+            for composition in compositions:
+                suffix = "" if composition == "mixed" else f"@{composition}"
+                specs.append(DataSpec(
+                    f"synthetic-D{count}-effect{effect:g}{suffix}",
+                    f"Synthetic, D={count}, domain effect {effect:g}, {rows:,} rows, {composition} batches",
+                    "synthetic", {"num_domains": count, "rows": rows, "domain_effect": effect,
+                                  "imbalance": round(imbalance, 4)}, composition))
+    return specs
+
+
+def real_specs(user_fraction: float, compositions: list[str], movielens_domains: list[str]) -> list[DataSpec]:
+    specs = []
+    for composition in compositions:
+        suffix = "" if composition == "mixed" else f"@{composition}"
+        pct = f"{user_fraction:.0%} of users" if user_fraction < 1 else "all users"
+        specs.append(DataSpec(f"amazon6{suffix}", f"Amazon-6 (2014 5-core), {pct}, {composition} batches", "amazon",
+                              {"user_fraction": user_fraction}, composition))
+        for domain in movielens_domains:
+            specs.append(DataSpec(f"ml100k-{domain}{suffix}", f"ML-100K by {domain}, {composition} batches",
+                                  "movielens", {"domain": domain}, composition))
+    return specs
+
+
+# ---------------------------------------------------------------------------------- data
+class DataCache:
+    """Loaded data per (data key without composition, seed), and the raw Amazon positives, kept in process."""
+
+    def __init__(self, data_root: Path, embedding_dim: int) -> None:
+        self.data_root, self.embedding_dim = data_root, embedding_dim
+        self.loaded: dict[tuple[str, int], MultiDomainData] = {}
+        self.amazon_positives: Optional[pa.Table] = None
+
+    def get(self, spec: DataSpec, seed: int) -> MultiDomainData:
+        key = (spec.key.split("@")[0], seed)
+        if key not in self.loaded:
+            self.loaded.clear()  # one data set in memory at a time
+            self.loaded[key] = self._load(spec, seed)
+        return self.loaded[key]
+
+    def _load(self, spec: DataSpec, seed: int) -> MultiDomainData:
+        o, dim = spec.options, self.embedding_dim
+        if spec.source == "synthetic":
+            return data_lib.make_synthetic(num_domains=o["num_domains"], rows=o["rows"],
+                                           domain_effect=o["domain_effect"], imbalance=o["imbalance"], seed=seed,
+                                           embedding_dim=dim)
+        if spec.source == "movielens":
+            return with_safe_domain_names(data_lib.load_movielens(self.data_root / "ml-100k", domain=o["domain"],
+                                                                  label="rating==5", seed=seed, embedding_dim=dim))
+        if spec.source == "amazon":
+            if self.amazon_positives is None:
+                self.amazon_positives = data_lib.read_amazon(self.data_root / "amazon-2014-5core")
+            positives = subsample_users(self.amazon_positives, o["user_fraction"], seed)
+            rows, _ = data_lib.with_sampled_negatives(positives, user="user", item="item", domain="category",
+                                                      seed=seed)
+            return data_lib.load_multidomain(rows, label="label", domain="category", sparse=["user", "item"],
+                                             dense=[], seed=seed, embedding_dim=dim)
+        raise ValueError(f"source={spec.source!r}; use synthetic, movielens or amazon.")
+
+
+def with_safe_domain_names(data: MultiDomainData) -> MultiDomainData:
+    """The same data with domain names usable as adapter folder names (ML-100K's age groups '<18', '56+')."""
+    names = tuple(re.sub(r"[^A-Za-z0-9_.-]", "", n.replace("<", "under").replace("+", "plus")) for n in
+                  data.domain_names)
+    if names == data.domain_names:
+        return data
+    encoder = dataclasses.replace(data.encoder, domain=dataclasses.replace(data.encoder.domain, names=names))
+    return MultiDomainData(data.splits, encoder, data.embedding_dim)
+
+
+def subsample_users(positives: pa.Table, fraction: float, seed: int) -> pa.Table:
+    """The interactions of a seeded random `fraction` of the users (all of them when fraction >= 1)."""
+    if fraction >= 1:
+        return positives
+    users = pc.unique(positives.column("user"))
+    users = users.take(pc.sort_indices(users))  # a fixed order, so the seed alone decides who is kept
+    keep = np.random.default_rng([seed, 7]).random(len(users)) < fraction
+    return positives.filter(pc.is_in(positives.column("user"), value_set=users.filter(pa.array(keep))))
+
+
+def parameter_counts(data: MultiDomainData, embedding_dim: int, divisors: tuple[int, ...] = (16, 32, 64)) -> list[dict]:
+    """Every zoo model's parameters on this data set (with the domain id feature); adapters per domain per divisor."""
+    features = [*data.feature_spec, SparseFeature("domain_id", vocab_size=data.num_domains,
+                                                  embedding_dim=embedding_dim)]
+    tables = {d: models.parameter_table(features, data.num_domains, rank_divisor=d) for d in divisors}
+    return [{"model": row.name, "total": row.model.total, "embeddings": row.model.embeddings,
+             "without_embeddings": row.model.without_embeddings, "num_domains": row.num_domains,
+             "adapter_per_domain": {str(d): tables[d][i].adapter_per_domain for d in divisors}}
+            for i, row in enumerate(tables[divisors[0]])]
+
+
+def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCache) -> None:
+    """`<cache>/<data key>/parameters.json`, once per data set."""
+    path = cache / spec.key / "parameters.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = parameter_counts(data_cache.get(spec, seed), data_cache.embedding_dim)
+        train_recipe.write_json_atomic(path, {"rows": rows})
+
+
+# ---------------------------------------------------------------------------------- one run
+def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache: DataCache,
+            overrides: list[str]) -> dict:
+    """Train (or read from the cache) one (data, model, seed) run; returns its summary."""
+    run_dir = cache / spec.key / variant.name.replace("/", "_r") / f"seed{seed}"
+    summary_path = run_dir / SUMMARY
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run starts over (its log would be appended to)
+    data = data_cache.get(spec, seed)
+    cfg = train_recipe.load_config(train_recipe.DEFAULT_CONFIG, [
+        f"output_dir={run_dir}", "compare_with_plain=false", f"data.source={spec.source}",
+        f"data.composition={spec.composition}", f"data.seed={seed}", f"train.seed={seed}",
+        f"model.name={variant.model}", f"model.embedding_dim={data_cache.embedding_dim}",
+        f"mlora.mode={variant.mode}", f"mlora.rank_divisor={variant.rank_divisor}", *overrides])
+    start = time.perf_counter()
+    results = train_recipe.train(cfg, run_dir, data=data)
+    seconds = time.perf_counter() - start
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    last_stage = [r for r in log if r["stage"] == log[-1]["stage"]]
+    best = max(last_stage, key=lambda r: -1.0 if r["eval/mean_auc"] is None else r["eval/mean_auc"])
+    summary = {
+        "data": spec.key, "variant": variant.name, "model": variant.model, "mode": variant.mode,
+        "rank_divisor": variant.rank_divisor, "seed": seed, "domains": list(data.domain_names),
+        "data_options": spec.options, "composition": spec.composition,
+        "test": {k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
+        "validation": {"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"], "best_epoch": best["epoch"]},
+        "epochs": len(log), "seconds": seconds, "seconds_per_epoch": seconds / max(len(log), 1),
+        "params": results["params"], "overrides": overrides,
+    }
+    for heavy in ("model.safetensors", "adapter", "test_predictions.safetensors"):
+        target = run_dir / heavy  # the summary keeps what the page needs; weights would fill the disk
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    train_recipe.write_json_atomic(summary_path, summary)
+    return summary
+
+
+def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list[int], cache: Path,
+            data_cache: DataCache, overrides: list[str], on_run: Optional[Callable[[dict], None]] = None) -> int:
+    """Every (data, variant, seed) in order: data set, then variant, then seed. Returns runs trained."""
+    trained = 0
+    for spec in specs:
+        write_parameters(spec, seeds[0], cache, data_cache)
+        for seed in seeds:  # seed-major inside a data set keeps one loaded data set at a time
+            for variant in chosen[spec.key]:
+                fresh = not (cache / spec.key / variant.name.replace("/", "_r") / f"seed{seed}" / SUMMARY).exists()
+                summary = run_one(spec, variant, seed, cache, data_cache, overrides)
+                trained += fresh
+                if fresh:
+                    print(f"{spec.key:<28} {variant.name:<24} seed {seed}: test WAUC {summary['test']['wauc']:.4f} "
+                          f"({summary['epochs']} epochs, {summary['seconds']:.0f} s)", flush=True)
+                if on_run is not None:
+                    on_run(summary)
+    return trained
+
+
+# ---------------------------------------------------------------------------------- command line
+def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Variant]]]:
+    """The data sets and, per data set, the variants the arguments select."""
+    backbones = models.list_models("backbones")
+    quick = args.quick
+    rows = args.synthetic_rows or (4000 if quick else 30_000)
+    compositions = args.compositions.split(",")
+    specs = synthetic_specs([int(d) for d in args.synthetic_domains.split(",")],
+                            [float(e) for e in args.synthetic_effects.split(",")], rows, compositions)
+    specs += real_specs(args.user_fraction, compositions, args.movielens_domains.split(","))
+    wanted = args.data.split(",")
+    specs = [s for s in specs if any(s.key == w or s.key.startswith(w) for w in wanted)]
+    names = args.models.split(",") if args.models else (["mlp", "deepfm"] if quick else models.list_models())
+    unknown = sorted(set(names) - set(models.list_models()))
+    if unknown:
+        raise ValueError(f"--models {unknown} unknown; choose from {models.list_models()}.")
+    modes = args.modes.split(",")
+    divisors = [int(d) for d in args.rank_divisors.split(",")]
+    chosen = {}
+    for spec in specs:
+        found = variants(names, modes, divisors)
+        if spec.composition != "mixed":  # the composition comparison: plain and joint MLoRA only
+            found = [v for v in found if v.mode in ("none", "joint") and not v.is_baseline]
+        chosen[spec.key] = [v for v in found if v.model in backbones or v.is_baseline]
+    return specs, chosen
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small synthetic data (D=3), ML-100K by gender, mlp and deepfm, mixed batches, 2 seeds, 4 epochs")
+    parser.add_argument("--data", default=None,
+                        help="comma-separated data keys or prefixes (synthetic, amazon6, ml100k-gender, ...; "
+                             "default: all, or synthetic,ml100k-gender with --quick)")
+    parser.add_argument("--models", default=None, help="comma-separated zoo models (default: all 15)")
+    parser.add_argument("--modes", default="joint,two_stage", help="MLoRA modes beside the plain backbone")
+    parser.add_argument("--rank-divisors", default="16", help="MLoRA rank divisors to compare (on validation)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0-4, or 0,1 with --quick)")
+    parser.add_argument("--synthetic-domains", default="3,10,30", help="synthetic D values")
+    parser.add_argument("--synthetic-effects", default="0,0.5,1", help="synthetic domain_effect values")
+    parser.add_argument("--synthetic-rows", type=int, default=None, help="synthetic rows (default 30,000)")
+    parser.add_argument("--movielens-domains", default="gender,age,occupation", help="ML-100K domain columns")
+    parser.add_argument("--user-fraction", type=float, default=1.0, help="Amazon-6: share of users kept (per seed)")
+    parser.add_argument("--compositions", default="mixed,per_domain", help="training batch compositions")
+    parser.add_argument("--override", action="append", default=[],
+                        help="extra train.py key=value override for every run (recorded in the page)")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "benchmark", help="summaries go here")
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the page to write")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the page from the cache")
+    parser.add_argument("--speed", choices=["skip", "quick", "full"], default=None,
+                        help="run the speed section (default: quick with --quick, full otherwise)")
+    parser.add_argument("--scale-rows", type=int, default=None, help="rows of the streamed scale run")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder with ml-100k/ and amazon-2014-5core/")
+    args = parser.parse_args(argv)
+    if args.data is None:
+        args.data = "synthetic,ml100k-gender" if args.quick else "synthetic,ml100k,amazon6"
+    if args.seeds is None:
+        args.seeds = "0,1" if args.quick else "0,1,2,3,4"
+    if args.quick:
+        args.override = ["train.max_epochs=4", *args.override]
+        if args.synthetic_domains == "3,10,30":
+            args.synthetic_domains = "3"
+        if args.synthetic_effects == "0,0.5,1":
+            args.synthetic_effects = "0,1"
+        if args.compositions == "mixed,per_domain":
+            args.compositions = "mixed"
+    if args.speed is None:
+        args.speed = "quick" if args.quick else "full"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> Path:
+    """Run what the arguments select (skipping cached runs), then write the page. Returns the page path."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = load_recipe("benchmark_report")
+    command = "python recipes/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if not args.report_only:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        with open(args.cache / "commands.jsonl", "a") as handle:  # the page lists every command behind the cache
+            handle.write(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                     "threads": args.threads}) + "\n")
+        specs, chosen = plan(args)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        data_cache = DataCache(args.data_root, embedding_dim=8)
+        run_all(specs, chosen, seeds, args.cache, data_cache, args.override)
+        if args.speed != "skip":
+            load_recipe("bench_speed").run_speed(args.cache / "speed", quick=args.speed == "quick",
+                                                 scale_rows=args.scale_rows)
+    return report.write_page(args.cache, args.page)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,574 @@
+"""Write docs/benchmarks.md and its plots from the benchmark cache (`recipes/benchmark.py` calls this).
+
+    python recipes/benchmark.py --report-only      # the same, from the command line
+
+Everything on the page is computed here from the cached `summary.json` files, `parameters.json`
+per data set, `commands.jsonl` and the speed results in `<cache>/speed/`; the page is never
+edited by hand. Differences are paired: model minus its plain backbone (baselines: minus the
+plain MLP), seed by seed, over the seeds both have.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mlora_peft import models  # noqa: E402
+
+BACKBONES = models.list_models("backbones")
+BASELINES = models.list_models("baselines")
+MIN_GAIN_AMAZON, MAX_COST_NO_EFFECT, MAX_ADAPTER_SHARE, MAX_STEP_RATIO = 0.005, 0.001, 0.10, 1.15
+
+
+# ---------------------------------------------------------------------------------- reading the cache
+def load_summaries(cache: Path) -> dict[str, dict[str, dict[int, dict]]]:
+    """data key -> variant name -> seed -> summary."""
+    found: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for path in sorted(cache.glob("*/*/seed*/summary.json")):
+        summary = json.loads(path.read_text())
+        found[summary["data"]][summary["variant"]][summary["seed"]] = summary
+    return found
+
+
+def _order(key: str) -> tuple:
+    family = 0 if key.startswith("amazon") else 1 if key.startswith("ml100k") else 2
+    return family, "@" in key, key
+
+
+# ---------------------------------------------------------------------------------- statistics
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired(runs: dict[int, dict], reference: dict[int, dict], metric: str = "wauc") -> Optional[dict]:
+    """Seed-by-seed differences of a test metric: mean, std, wins, n (None without common seeds)."""
+    seeds = sorted(set(runs) & set(reference))
+    if not seeds:
+        return None
+    diffs = [runs[s]["test"][metric] - reference[s]["test"][metric] for s in seeds]
+    mean, std = mean_std(diffs)
+    return {"mean": mean, "std": std, "wins": sum(d > 0 for d in diffs), "n": len(diffs), "diffs": diffs}
+
+
+def reference_of(variant: dict[int, dict]) -> str:
+    """The plain model a variant is compared with: its backbone, or the plain MLP for a baseline."""
+    first = next(iter(variant.values()))
+    return "mlp" if first["model"] in BASELINES else first["model"]
+
+
+def best_mlora(variants: dict[str, dict[int, dict]], backbone: str) -> Optional[str]:
+    """The MLoRA variant of `backbone` with the best mean validation mean AUC (test never looked at)."""
+    candidates = [name for name, runs in variants.items()
+                  if next(iter(runs.values()))["model"] == backbone and next(iter(runs.values()))["mode"] != "none"]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda n: statistics.fmean(r["validation"]["mean_auc"] for r in variants[n].values()))
+
+
+def _fmt_diff(d: Optional[dict], digits: int = 4) -> str:
+    if d is None:
+        return "n/a"
+    return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f} ({d['wins']}/{d['n']})"
+
+
+def _variant_sort(name: str) -> tuple:
+    model = name.split("+")[0]
+    models_all = models.list_models()
+    return (models_all.index(model) if model in models_all else 99, name)
+
+
+# ---------------------------------------------------------------------------------- sections
+def results_table(variants: dict[str, dict[int, dict]]) -> list[str]:
+    lines = ["| model | seeds | test WAUC | test mean AUC | paired Δ WAUC (wins) | paired Δ mean AUC | epochs | s/epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in sorted(variants, key=_variant_sort):
+        runs = variants[name]
+        wauc, mauc = mean_std([r["test"]["wauc"] for r in runs.values()]), \
+            mean_std([r["test"]["mean_auc"] for r in runs.values()])
+        first = next(iter(runs.values()))
+        ref = reference_of(runs)
+        is_ref = first["mode"] == "none" and first["model"] == ref
+        diff = None if is_ref else paired(runs, variants.get(ref, {}))
+        diff_m = None if is_ref else paired(runs, variants.get(ref, {}), "mean_auc")
+        label = f"{name} (vs {ref})" if not is_ref else name
+        epochs = statistics.fmean(r["epochs"] for r in runs.values())
+        per_epoch = statistics.fmean(r["seconds_per_epoch"] for r in runs.values())
+        lines.append(f"| {label} | {len(runs)} | {wauc[0]:.4f} ± {wauc[1]:.4f} | {mauc[0]:.4f} ± {mauc[1]:.4f} | "
+                     f"{'—' if is_ref else _fmt_diff(diff)} | {'—' if is_ref else _fmt_diff(diff_m)} | "
+                     f"{epochs:.1f} | {per_epoch:.1f} |")
+    return lines
+
+
+def per_domain_table(variants: dict[str, dict[int, dict]]) -> list[str]:
+    """Plain MLP AUC per domain, then each backbone's best MLoRA and each baseline as paired Δ AUC."""
+    anchor = variants.get("mlp") or next(iter(variants.values()))
+    first = next(iter(anchor.values()))
+    domains = first["domains"]
+    columns = []  # (header, runs, reference runs)
+    for backbone in BACKBONES:
+        best = best_mlora(variants, backbone)
+        if best is not None and backbone in variants:
+            columns.append((f"{best} − {backbone}", variants[best], variants[backbone]))
+    for baseline in BASELINES:
+        if baseline in variants and "mlp" in variants:
+            columns.append((f"{baseline} − mlp", variants[baseline], variants["mlp"]))
+    header = "| domain | test rows | " + ("mlp AUC | " if "mlp" in variants else "") + \
+        " | ".join(c[0] for c in columns) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for domain in domains:
+        rows = first["test"]["per_domain"][domain]["rows"]
+        cells = [domain, f"{rows:,}"]
+        if "mlp" in variants:
+            cells.append(f"{statistics.fmean(_auc(r, domain) for r in variants['mlp'].values()):.4f}")
+        for _, runs, ref in columns:
+            seeds = sorted(set(runs) & set(ref))
+            diffs = [_auc(runs[s], domain) - _auc(ref[s], domain) for s in seeds]
+            mean, std = mean_std(diffs)
+            cells.append(f"{mean:+.4f} ± {std:.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _auc(summary: dict, domain: str) -> float:
+    value = summary["test"]["per_domain"][domain]["auc"]
+    return float("nan") if value is None else value
+
+
+def plot_data_set(key: str, variants: dict[str, dict[int, dict]], path: Path) -> None:
+    """Left: paired Δ WAUC per model with ±1 std bars. Right: per-domain Δ AUC of each backbone's best MLoRA."""
+    names = [n for n in sorted(variants, key=_variant_sort)
+             if not (next(iter(variants[n].values()))["mode"] == "none"
+                     and next(iter(variants[n].values()))["model"] == reference_of(variants[n]))]
+    diffs = {n: paired(variants[n], variants.get(reference_of(variants[n]), {})) for n in names}
+    names = [n for n in names if diffs[n] is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(3.0, 0.35 * len(names) + 1.5)))
+    ys = range(len(names))
+    left.barh(list(ys), [diffs[n]["mean"] for n in names], xerr=[diffs[n]["std"] for n in names],
+              color=["tab:blue" if "+" in n else "tab:gray" for n in names], capsize=3)
+    left.set_yticks(list(ys), [f"{n} ({diffs[n]['wins']}/{diffs[n]['n']})" for n in names])
+    left.axvline(0, color="black", linewidth=0.8)
+    left.set_xlabel("paired Δ test WAUC vs plain backbone (baselines vs plain MLP)")
+    left.invert_yaxis()
+    first = next(iter(next(iter(variants.values())).values()))
+    domains = first["domains"]
+    bests = [(b, best_mlora(variants, b)) for b in BACKBONES if b in variants and best_mlora(variants, b)]
+    width = 0.8 / max(len(bests), 1)
+    for i, (backbone, best) in enumerate(bests):
+        seeds = sorted(set(variants[best]) & set(variants[backbone]))
+        gains = [statistics.fmean(_auc(variants[best][s], d) - _auc(variants[backbone][s], d) for s in seeds)
+                 for d in domains]
+        right.bar([j + i * width for j in range(len(domains))], gains, width, label=best)
+    right.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], [d[:14] for d in domains],
+                     rotation=45 if len(domains) > 4 else 0, ha="right" if len(domains) > 4 else "center", fontsize=7)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_ylabel("mean paired Δ test AUC")
+    right.set_title("per domain: best MLoRA config − plain backbone", fontsize=9)
+    if bests:
+        right.legend(fontsize=7)
+    fig.suptitle(key)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_summary(summaries: dict, path: Path) -> bool:
+    """Paired Δ WAUC (±1 std) of each backbone's best MLoRA config, one group of bars per data set (mixed batches)."""
+    keys = [k for k in sorted(summaries, key=_order) if "@" not in k]
+    found = {k: {b: paired(summaries[k][best_mlora(summaries[k], b)], summaries[k][b]) for b in BACKBONES
+                 if b in summaries[k] and best_mlora(summaries[k], b)} for k in keys}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        return False
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    width = 0.8 / len(BACKBONES)
+    for i, backbone in enumerate(BACKBONES):
+        xs = [j + i * width for j, k in enumerate(found) if backbone in found[k]]
+        ds = [found[k][backbone] for k in found if backbone in found[k]]
+        if ds:
+            ax.bar(xs, [d["mean"] for d in ds], width, yerr=[d["std"] for d in ds], capsize=1.5, label=backbone,
+                   error_kw={"linewidth": 0.6})
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(found))], list(found), rotation=20, ha="right", fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_yscale("symlog", linthresh=0.002)  # linear within ±0.002, logarithmic beyond: small and large gains both show
+    ax.set_ylabel("paired Δ test WAUC, best MLoRA − plain (symlog)")
+    ax.legend(ncol=5, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def parameter_section(cache: Path) -> tuple[list[str], Optional[dict]]:
+    """The parameter table of the first data set (Amazon-6 when run), and adapter shares per backbone."""
+    files = sorted(cache.glob("*/parameters.json"), key=lambda p: _order(p.parent.name))
+    if not files:
+        return ["Not measured (no run in the cache)."], None
+    rows = json.loads(files[0].read_text())["rows"]
+    key = files[0].parent.name
+    divisors = list(next(r for r in rows if r["model"] == "mlp")["adapter_per_domain"])
+    lines = [f"Counted on `{key}` features (its sparse and dense columns and the domain id; embedding dim 8, "
+             f"D = {rows[0]['num_domains']}). MLoRA's rank for a layer of width w is max(w // divisor, 1); "
+             "the default divisor is 16. Shares are adapter parameters of one domain over the backbone's "
+             "parameters outside the embedding tables.", "",
+             "| model | all parameters | without embeddings | adapters per domain (divisor 16) | "
+             + " | ".join(f"share, divisor {d}" for d in divisors) + " |",
+             "|---|---|---|---|" + "---|" * len(divisors)]
+    shares = {}
+    for row in rows:
+        per_domain = row["adapter_per_domain"]
+        baseline = per_domain[divisors[0]] is None
+        if not baseline:
+            shares[row["model"]] = per_domain["16"] / row["without_embeddings"]
+        cells = ["—" if baseline else f"{per_domain[d] / row['without_embeddings']:.1%}" for d in divisors]
+        lines.append(f"| {row['model']} | {row['total']:,} | {row['without_embeddings']:,} | "
+                     f"{'— (baseline)' if baseline else format(per_domain['16'], ',')} | " + " | ".join(cells) + " |")
+    return lines, shares
+
+
+def speed_section(speed_dir: Path) -> tuple[list[str], dict]:
+    """Speed tables; returns them and the step ratios per device."""
+    lines: list[str] = []
+    routing = _read(speed_dir / "routing.json")
+    if routing:
+        lines += ["### Routed layer (`recipes/bench_routing.py`)", "", routing["note"], "",
+                  "| batch | weights | plain ms | routed | loop | every |", "|---|---|---|---|---|---|"]
+        for row in routing["rows"]:
+            cells = [("skipped" if row[a] is None else f"{row[a]:.2f}x") for a in ("routed", "loop", "every")]
+            lines.append(f"| {row['batch']} | {row['weights']} | {row['plain_ms']:.2f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    steps = {}
+    for path in sorted(speed_dir.glob("steps*.json")):
+        found = _read(path)
+        steps[found.get("device", "cpu")] = found
+        counts = found["domain_counts"]
+        lines += [f"### One full training step, MLoRA / plain, {found.get('device', 'cpu')} "
+                  "(`recipes/bench_speed.py`)", "", found["note"], "",
+                  "| backbone | plain ms | " + " | ".join(f"D={d}" for d in counts) + " |",
+                  "|---|---|" + "---|" * len(counts)]
+        for name, row in found["rows"].items():
+            lines.append(f"| {name} | {row['plain_ms']:.1f} | " + " | ".join(f"{row['ratio'][str(d)]:.2f}x"
+                                                                             for d in counts) + " |")
+        lines.append("")
+    data = _read(speed_dir / "data.json")
+    if data:
+        lines += ["### Data path (`recipes/bench_data.py`)", "", data["note"], "", "| path | rows/s |", "|---|---|"]
+        lines += [f"| {path} | {speed:,.0f} |" for path, speed in data["rows_per_second"].items()]
+        lines.append("")
+    for path in sorted(speed_dir.glob("scale*.json")):
+        scale = _read(path)
+        gpu = scale.get("peak_gpu_mib")
+        lines += [f"### Scale run (streamed synthetic data), {scale.get('device', 'cpu')}", "", scale["note"], "",
+                  "| domains | rows | batch | seconds | rows/s | train loss (last 50 steps) | peak RSS | peak GPU memory |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {scale['num_domains']:,} | {scale['rows']:,} | {scale['batch_size']:,} | {scale['seconds']:.0f} | "
+                  f"{scale['rows_per_second']:,.0f} | {scale['final_loss']:.4f} | {scale['peak_rss_mib']:,.0f} MiB | "
+                  f"{'—' if gpu is None else f'{gpu:,.0f} MiB'} |", ""]
+    if not lines:
+        lines = ["Not measured (no speed results in the cache).", ""]
+    return lines, steps
+
+
+def _read(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------- goals and text
+def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
+    out = ["| goal | status | evidence |", "|---|---|---|"]
+    # Amazon-6
+    amazon = summaries.get("amazon6", {})
+    measured, met, evidence = 0, 0, []
+    for backbone in BACKBONES:
+        best = best_mlora(amazon, backbone)
+        if best is None or backbone not in amazon:
+            continue
+        d = paired(amazon[best], amazon[backbone])
+        measured += 1
+        ok = d["mean"] >= MIN_GAIN_AMAZON and d["wins"] == d["n"]
+        met += ok
+        evidence.append(f"{best}: {_fmt_diff(d)}")
+    if measured == 0:
+        status = "not measured"
+    elif met >= 7:
+        status = "met"
+    elif met + (len(BACKBONES) - measured) < 7:
+        status = "not met"
+    else:
+        status = f"not measured ({measured} of 10 backbones run)"
+    out.append(f"| Amazon-6: best MLoRA config ≥ +{MIN_GAIN_AMAZON} WAUC and wins every seed, ≥ 7 of 10 backbones | "
+               f"{status} ({met}/{measured} measured backbones meet it) | {'; '.join(evidence) or '—'} |")
+    best_mlp = best_mlora(amazon, "mlp")
+    if best_mlp and any(b in amazon for b in BASELINES):
+        vs = {b: paired(amazon[best_mlp], amazon[b]) for b in BASELINES if b in amazon}
+        beaten = all(d["wins"] == d["n"] and d["mean"] > 0 for d in vs.values())
+        missing = [b for b in BASELINES if b not in amazon]
+        status = ("met" if beaten and not missing else "not met" if not beaten
+                  else f"not measured ({', '.join(missing)} not run)")
+        out.append(f"| Amazon-6: best MLoRA beats every baseline | {status} | "
+                   + "; ".join(f"{best_mlp} − {b}: {_fmt_diff(d)}" for b, d in vs.items()) + " |")
+    else:
+        out.append("| Amazon-6: best MLoRA beats every baseline | not measured | — |")
+    # synthetic
+    for with_effect in (True, False):
+        keys = [k for k in summaries if k.startswith("synthetic") and "@" not in k
+                and (_effect(k) > 0) == with_effect]
+        per_backbone = defaultdict(list)
+        for key in keys:
+            for backbone in BACKBONES:
+                name = f"{backbone}+mlora"
+                if name in summaries[key] and backbone in summaries[key]:
+                    per_backbone[backbone].append((key, paired(summaries[key][name], summaries[key][backbone])))
+        if with_effect:
+            ok = [b for b, ds in per_backbone.items() if all(d["wins"] == d["n"] for _, d in ds)]
+            status = ("not measured" if not per_backbone else "met" if len(ok) >= 9 else
+                      "not met" if len(ok) + (10 - len(per_backbone)) < 9 else
+                      f"not measured ({len(per_backbone)} of 10 backbones run)")
+            out.append(f"| Synthetic with a domain effect: joint MLoRA wins every seed, ≥ 9 of 10 backbones | {status} "
+                       f"({len(ok)}/{len(per_backbone)} backbones win every seed on {', '.join(keys) or '—'}) | "
+                       + "; ".join(f"{b}: " + ", ".join(f"{_fmt_diff(d)}" for _, d in ds)
+                                   for b, ds in per_backbone.items()) + " |")
+        else:
+            costs = {b: min(d["mean"] for _, d in ds) for b, ds in per_backbone.items()}
+            bad = [b for b, c in costs.items() if c < -MAX_COST_NO_EFFECT]
+            status = "not measured" if not costs else "met" if not bad else f"not met ({', '.join(bad)})"
+            out.append(f"| Synthetic without a domain effect: joint MLoRA costs ≤ {MAX_COST_NO_EFFECT} WAUC | {status} | "
+                       + "; ".join(f"{b}: worst mean Δ {c:+.4f}" for b, c in costs.items()) + " |")
+    # parameters
+    if shares:
+        over = {b: s for b, s in shares.items() if s >= MAX_ADAPTER_SHARE}
+        out.append(f"| MLoRA adds < {MAX_ADAPTER_SHARE:.0%} of the backbone's non-embedding parameters per domain "
+                   f"(default rank) | {'met' if not over else 'not met'} | largest share "
+                   f"{max(shares.values()):.1%} ({max(shares, key=shares.get)})"
+                   + (f"; over: {', '.join(f'{b} {s:.1%}' for b, s in over.items())}" if over else "") + " |")
+    else:
+        out.append("| MLoRA adds < 10% of non-embedding parameters per domain | not measured | — |")
+    measured = {device: found["rows"]["deepfm"]["ratio"] for device, found in steps.items() if "deepfm" in found["rows"]}
+    if measured:
+        worst = max(max(r.values()) for r in measured.values())
+        out.append(f"| A full MLoRA-DeepFM training step ≤ {MAX_STEP_RATIO}x the plain step | "
+                   f"{'met' if worst <= MAX_STEP_RATIO else 'not met'} | "
+                   + "; ".join(f"{device}: " + ", ".join(f"D={d}: {r:.2f}x" for d, r in ratios.items())
+                               for device, ratios in measured.items()) + " |")
+    else:
+        out.append(f"| A full MLoRA-DeepFM training step ≤ {MAX_STEP_RATIO}x the plain step | not measured | — |")
+    ml = [k for k in summaries if k.startswith("ml100k") and "@" not in k]
+    out.append(f"| ML-100K: per domain split, does MLoRA win (explained per domain) | "
+               f"{'measured: see below' if ml else 'not measured'} | {', '.join(ml) or '—'} |")
+    return out
+
+
+def _effect(key: str) -> float:
+    return float(key.split("effect")[1].split("@")[0])
+
+
+def synthetic_sweep(summaries: dict) -> list[str]:
+    """Joint MLoRA minus plain, averaged over backbones, per (D, domain effect, composition)."""
+    cells = {}
+    for key, variants in summaries.items():
+        if not key.startswith("synthetic"):
+            continue
+        diffs = [paired(variants[f"{b}+mlora"], variants[b]) for b in BACKBONES
+                 if f"{b}+mlora" in variants and b in variants]
+        if diffs:
+            count = int(key.split("-D")[1].split("-")[0])
+            cells[(count, _effect(key), key.split("@")[1] if "@" in key else "mixed")] = diffs
+    if not cells:
+        return []
+    lines = ["| D | domain effect | batches | backbones | mean paired Δ WAUC over backbones | backbones winning every seed "
+             "| backbones losing every seed |", "|---|---|---|---|---|---|---|"]
+    for (count, effect, composition), diffs in sorted(cells.items()):
+        lines.append(f"| {count} | {effect:g} | {composition} | {len(diffs)} | "
+                     f"{statistics.fmean(d['mean'] for d in diffs):+.4f} | "
+                     f"{sum(d['wins'] == d['n'] for d in diffs)} | {sum(d['wins'] == 0 for d in diffs)} |")
+    return lines
+
+
+def domain_size_story(key: str, variants: dict) -> Optional[str]:
+    """Which domains the MLP's best MLoRA config helps, smallest and largest first (a generated sentence)."""
+    best = best_mlora(variants, "mlp")
+    if best is None or "mlp" not in variants:
+        return None
+    seeds = sorted(set(variants[best]) & set(variants["mlp"]))
+    first = variants["mlp"][seeds[0]]
+    rows = {d: first["test"]["per_domain"][d]["rows"] for d in first["domains"]}
+    gains = {d: [_auc(variants[best][s], d) - _auc(variants["mlp"][s], d) for s in seeds] for d in rows}
+    order = sorted(rows, key=rows.get)
+    up = [d for d in order if all(g > 0 for g in gains[d])]
+    down = [d for d in order if all(g < 0 for g in gains[d])]
+    small, large = order[: max(len(order) // 3, 1)], order[-max(len(order) // 3, 1):]
+    mean = lambda ds: statistics.fmean(statistics.fmean(gains[d]) for d in ds)  # noqa: E731
+    return (f"  Per domain ({best} − mlp, {len(seeds)} seeds): higher AUC in every seed for "
+            f"{', '.join(up) or 'no domain'}; lower in every seed for {', '.join(down) or 'no domain'}. "
+            f"Mean Δ AUC over the smallest third of the domains by test rows {mean(small):+.4f}, over the largest "
+            f"third {mean(large):+.4f}.")
+
+
+def when_it_helps(summaries: dict) -> list[str]:
+    """Sentences generated from the paired numbers; cautious by construction."""
+    lines = []
+    for key in sorted(summaries, key=_order):
+        variants = summaries[key]
+        found = []
+        for backbone in BACKBONES:
+            best = best_mlora(variants, backbone)
+            if best and backbone in variants:
+                found.append((backbone, best, paired(variants[best], variants[backbone])))
+        if not found:
+            continue
+        clear = [b for b, _, d in found if d["wins"] == d["n"] and d["mean"] > 0]
+        hurt = [b for b, _, d in found if d["wins"] == 0 and d["mean"] < 0]
+        mean_gain = statistics.fmean(d["mean"] for _, _, d in found)
+        n = max(d["n"] for _, _, d in found)
+        verdict = ("helps consistently" if len(clear) == len(found) else
+                   "hurts consistently" if len(hurt) == len(found) else "is mixed")
+        lines.append(f"- **{key}** ({n} seed{'s' if n > 1 else ''}): MLoRA {verdict} — average paired Δ WAUC of the best config over "
+                     f"{len(found)} backbone(s) {mean_gain:+.4f}; wins every seed for "
+                     f"{', '.join(clear) or 'none'}; loses every seed for {', '.join(hurt) or 'none'}.")
+        joint_two = [(b, paired(variants[f"{b}+two_stage"], variants[b])) for b in BACKBONES
+                     if f"{b}+two_stage" in variants and b in variants]
+        if joint_two:
+            lines.append("  Two-stage (shared backbone, then adapters): " +
+                         "; ".join(f"{b} {_fmt_diff(d)}" for b, d in joint_two) + ".")
+        if not key.startswith("synthetic"):
+            story = domain_size_story(key, variants)
+            if story:
+                lines.append(story)
+    if lines:
+        lines += ["", "Read these with care: with 3–5 seeds, a paired mean smaller than about twice its std (shown "
+                      "beside it in the tables) is not distinguishable from zero, and wins out of seeds is the more "
+                      "robust signal. \"Helps consistently\" needs every backbone to win in every seed. Nothing was "
+                      "tuned on the test split (the MLoRA config is picked by validation mean AUC)."]
+    return lines
+
+
+# ---------------------------------------------------------------------------------- the page
+def write_page(cache: Path, page: Path) -> Path:
+    """Write `page` and its images (in `page.parent / "images"`) from the cache."""
+    summaries = load_summaries(cache)
+    images = page.parent / "images"
+    commands = [json.loads(line) for line in (cache / "commands.jsonl").read_text().splitlines()] \
+        if (cache / "commands.jsonl").exists() else []
+    param_lines, shares = parameter_section(cache)
+    speed_lines, steps = speed_section(cache / "speed")
+    total_seconds = sum(r["seconds"] for v in summaries.values() for runs in v.values() for r in runs.values())
+    total_runs = sum(len(runs) for v in summaries.values() for runs in v.values())
+    lines = [
+        "# Benchmarks: when does MLoRA help?", "",
+        "<!-- Generated by recipes/benchmark.py (recipes/benchmark_report.py) from its cache; do not edit by hand. -->",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+        f"({_cpu_model()}), torch {torch.__version__}, {_cpus()} CPU cores visible"
+        f"{', no GPU' if not torch.cuda.is_available() else ''}. Runs whose command names another machine ran there. "
+        f"{total_runs} training runs in the cache, {total_seconds / 60:.0f} minutes of training summed over runs "
+        "(runs went in parallel, on this machine and on a GPU machine where the commands say so).", "",
+        "Commands that filled the cache:", "",
+        *[f"- `{c['command']}` ({c['date']}, {c['threads']} torch thread(s), on {c.get('where', 'this machine')})"
+          for c in commands], "",
+        "## Scope of this page", "",
+        *scope(summaries), "",
+        "Every run is `recipes/train.py` with the paper's settings: embedding dim 8, hidden [256, 128, 64], "
+        "dropout 0.5, Adam 1e-3, batch 1024, early stopping on validation mean AUC with patience 3 "
+        f"(at most {_default_max_epochs()} epochs, from `recipes/configs/default.yaml`, unless an override is listed "
+        "above). A seed fixes the data (user subsample, sampled "
+        "negatives, per-domain 60/20/20 split) and the initialisation for every model, so differences are "
+        "paired seed by seed. Metrics are on the test split: WAUC (per-domain AUC weighted by test rows) and the "
+        "unweighted mean of per-domain AUCs. `x+mlora` is MLoRA joint training, `x+two_stage` the shared "
+        "backbone then the adapters only; `/4` marks a rank divisor other than 16. The \"best MLoRA config\" of a "
+        "backbone is the variant with the highest mean **validation** mean AUC.", "",
+        "## Goals", "", *goals(summaries, shares, steps), "",
+        "## When does MLoRA help?", "",
+        "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by number of domains and strength "
+        "of the domain-specific effect:", "", *synthetic_sweep(summaries), "",
+        *([f"![paired gains per backbone and data set](images/benchmark_summary.png)", ""]
+          if plot_summary(summaries, images / "benchmark_summary.png") else []),
+        "Per data set (the best MLoRA config of each backbone, chosen on validation):", "",
+        *when_it_helps(summaries), "",
+    ]
+    for key in sorted(summaries, key=_order):
+        variants = summaries[key]
+        image = images / f"benchmark_{key.replace('@', '_')}.png"
+        plot_data_set(key, variants, image)
+        seeds = sorted({s for runs in variants.values() for s in runs})
+        lines += [f"## {key}", "", f"Seeds {seeds}. Paired differences: mean ± std over seeds (wins / seeds).", "",
+                  *results_table(variants), "",
+                  f"![paired gains on {key}](images/{image.name})", "",
+                  "Per domain (test AUC of the plain MLP; the others as paired Δ AUC, mean ± std (wins)):", "",
+                  *per_domain_table(variants), ""]
+    lines += ["## Parameters", "", *param_lines, "", "## Speed", "",
+              "Ratios are paired (each MLoRA timing next to a plain one), which cancels load that comes and goes; "
+              "absolute milliseconds on a shared CPU do not. CPU numbers come from the machine in the header, GPU "
+              "numbers from the device named in each note.", "", *speed_lines]
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("\n".join(lines).rstrip() + "\n")
+    return page
+
+
+def scope(summaries: dict) -> list[str]:
+    lines = []
+    for key in sorted(summaries, key=_order):
+        variants = summaries[key]
+        seeds = sorted({s for runs in variants.values() for s in runs})
+        overrides = sorted({o for runs in variants.values() for r in runs.values() for o in r["overrides"]})
+        options = {k: v for runs in variants.values() for r in runs.values()
+                   for k, v in (r.get("data_options") or {}).items()}
+        described = ", ".join(f"{k}={v}" for k, v in options.items())
+        runs = [r for v in variants.values() for r in v.values()]
+        used = [m for m in models.list_models() if any(r["model"] == m for r in runs)]
+        modes = [m for m in ("none", "joint", "two_stage") if any(r["mode"] == m for r in runs)]
+        lines.append(f"- `{key}`" + (f" ({described})" if described else "") + f": {len(runs)} runs; models "
+                     f"{', '.join(used)}; MLoRA modes {', '.join(modes)}; seeds {seeds}"
+                     + (f"; overrides {', '.join(overrides)}" if overrides else "") + ".")
+    ran = set(summaries)
+    missing = []
+    if "amazon6" not in ran:
+        missing.append("Amazon-6")
+    if not any(k.startswith("ml100k") for k in ran):
+        missing.append("ML-100K")
+    if not any(k.startswith("synthetic") for k in ran):
+        missing.append("synthetic data")
+    models_run = {r["model"] for v in summaries.values() for runs in v.values() for r in runs.values()}
+    not_run = [m for m in models.list_models() if m not in models_run]
+    if missing:
+        lines.append(f"- Not run at all: {', '.join(missing)}.")
+    if not_run:
+        lines.append(f"- Models never run: {', '.join(not_run)}.")
+    if "amazon6" in ran:
+        amazon_models = {r["model"] for runs in summaries["amazon6"].values() for r in runs.values()}
+        skipped = [m for m in models.list_models() if m not in amazon_models]
+        if skipped:
+            lines.append(f"- Not run on Amazon-6 in this budget: {', '.join(skipped)}.")
+    return lines or ["- Nothing has run yet."]
+
+
+def _default_max_epochs() -> int:
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parent / "configs" / "default.yaml").read_text())
+    return config["train"]["max_epochs"]
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,83 @@
+"""The benchmark recipe's quick path: cached runs are reused, an interrupted run restarts, the page comes from the cache."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    return _load_recipe("benchmark")
+
+
+def _tiny_args(tmp_path: Path) -> list[str]:
+    return ["--quick", "--data", "synthetic", "--synthetic-rows", "600", "--models", "mlp", "--modes", "joint",
+            "--seeds", "0", "--speed", "skip", "--threads", "1", "--cache", str(tmp_path / "cache"),
+            "--page", str(tmp_path / "docs" / "benchmarks.md"),
+            "--override", "model.hidden=[16]", "--override", "train.batch_size=128",
+            "--override", "train.max_epochs=2"]
+
+
+def _count_training(benchmark, monkeypatch) -> list:
+    calls = []
+    real = benchmark.train_recipe.train
+
+    def counting(cfg, out_dir, data=None):
+        calls.append(out_dir)
+        return real(cfg, out_dir, data=data)
+
+    monkeypatch.setattr(benchmark.train_recipe, "train", counting)
+    return calls
+
+
+def test_quick_run_caches_continues_and_writes_the_page_from_the_cache(benchmark, tmp_path, monkeypatch):
+    args = _tiny_args(tmp_path)
+    calls = _count_training(benchmark, monkeypatch)
+    page = benchmark.main(args)
+    summaries = sorted((tmp_path / "cache").glob("*/*/seed*/summary.json"))
+    assert len(calls) == len(summaries) == 4  # 2 synthetic data sets x (mlp, mlp+mlora) x 1 seed
+    first = json.loads(summaries[0].read_text())
+    assert set(first) >= {"test", "validation", "epochs", "seconds", "params", "seed", "variant"}
+    assert 1 <= first["epochs"] <= 2 and first["seconds"] > 0
+
+    calls.clear()  # everything cached: nothing trains again
+    benchmark.main(args)
+    assert calls == []
+
+    interrupted = summaries[0].parent  # a run killed before its summary: its folder stays, without summary.json
+    summaries[0].unlink()
+    (interrupted / "log.jsonl").write_text('{"partial": true}\n')
+    benchmark.main(args)
+    assert calls == [interrupted]
+    assert json.loads(summaries[0].read_text())["test"] == first["test"]  # same seed, same data, same result
+
+    text = page.read_text()
+    assert "do not edit by hand" in text and "## Goals" in text
+    for key in ("synthetic-D3-effect0", "synthetic-D3-effect1"):
+        assert f"## {key}" in text
+        assert (page.parent / "images" / f"benchmark_{key}.png").exists()
+
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "synthetic-D3-effect1" / "mlp").glob("*/summary.json")]
+    expected = sum(r["test"]["wauc"] for r in runs) / len(runs)
+    assert f"| mlp | 1 | {expected:.4f} ±" in text
+
+    edited = summaries[-1]  # the page is rendered from the cached JSON alone
+    summary = json.loads(edited.read_text())
+    summary["test"]["wauc"] = 0.123456
+    edited.write_text(json.dumps(summary))
+    benchmark.main([*args, "--report-only"])
+    assert page.read_text() != text
+    assert calls == [interrupted]
