@@ -51,6 +51,32 @@ def test_ml100k_age_and_occupation_domains():
     assert int(_all_rows(occupation)["label"].sum()) == 34_174 + 21_201
 
 
+@needs_ml100k
+def test_ml100k_genre_group_domains_match_a_hand_count_from_the_raw_files():
+    genres = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+              "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+              "Western"]
+    group = {"Action": "action", "Adventure": "action", "Sci-Fi": "action", "Fantasy": "action", "War": "action",
+             "Western": "action", "Comedy": "comedy", "Animation": "comedy", "Children's": "comedy",
+             "Musical": "comedy", "Drama": "drama", "Romance": "drama", "Thriller": "thriller", "Crime": "thriller",
+             "Horror": "thriller", "Mystery": "thriller", "Film-Noir": "thriller"}
+    item_group = {}
+    for line in (ML100K / "u.item").read_text(encoding="latin-1").splitlines():
+        fields = line.split("|")
+        flags = [int(f) for f in fields[5:]]
+        first = genres[flags.index(1)] if 1 in flags else "unknown"
+        item_group[int(fields[0])] = group.get(first, "other")
+    expected = {}
+    for line in (ML100K / "u.data").read_text().splitlines():
+        item = int(line.split("\t")[1])
+        expected[item_group[item]] = expected.get(item_group[item], 0) + 1
+    data = load_movielens(ML100K, domain="genre_group", side_features=True)
+    assert data.domain_names == ("action", "comedy", "drama", "thriller", "other")
+    sizes = _all_rows(data).groupby("domain_id").size().tolist()
+    assert sizes == [expected[name] for name in data.domain_names]
+    assert "genre_group" not in [f.name for f in data.feature_spec]
+
+
 def _write_ml1m(folder: Path) -> None:
     """A few rows in ML-1M's exact raw format (`::` separators, latin-1 titles with `|` genres)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,12 +42,21 @@ ML100K_GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )
 SIDE_FEATURES = ("gender", "age", "occupation", "zip", "genre")
+GENRE_GROUPS = {
+    "action": ("Action", "Adventure", "Sci-Fi", "Fantasy", "War", "Western"),
+    "comedy": ("Comedy", "Animation", "Children's", "Musical"),
+    "drama": ("Drama", "Romance"),
+    "thriller": ("Thriller", "Crime", "Horror", "Mystery", "Film-Noir"),
+    "other": ("Documentary", "unknown"),
+}
+"""Item-side domains: the group of a movie's first listed genre (`domain="genre_group"`)."""
+DOMAINS = ("gender", "age", "occupation", "genre_group")
 
 
 def load_movielens(
     path: Optional[Union[str, os.PathLike]] = None,
     version: Literal["100k", "1m"] = "100k",
-    domain: Literal["gender", "age", "occupation"] = "gender",
+    domain: Literal["gender", "age", "occupation", "genre_group"] = "gender",
     label: str = "rating==5",
     seed: int = 0,
     split: SplitSpec = DEFAULT_FRACTIONS,
@@ -64,8 +73,9 @@ def load_movielens(
         path: the folder holding the version's files (e.g. `.../ml-100k`). None: the cache folder
             (`<cache_dir>/ml-<version>`).
         version: `"100k"` or `"1m"`.
-        domain: the user attribute that defines domains: `"gender"` (2), `"age"` (7 groups, youngest
-            first) or `"occupation"` (21).
+        domain: what defines domains: a user attribute, `"gender"` (2), `"age"` (7 groups, youngest
+            first) or `"occupation"` (21), or the item side, `"genre_group"` (5 groups of the movie's
+            first listed genre, see `GENRE_GROUPS`).
         label: a rule on `rating`: `"rating==5"` (MLoRA) or `"rating>3"` (Scenario-Wise-Rec).
         seed: split seed.
         split: fractions for a per-domain stratified split, or `TimeSplit("timestamp")`.
@@ -90,8 +100,8 @@ def load_movielens(
     """
     if version not in _FILES:
         raise ValueError(f"version={version!r}; use one of {sorted(_FILES)}.")
-    if domain not in ("gender", "age", "occupation"):
-        raise ValueError(f"domain={domain!r}; use 'gender', 'age' or 'occupation'.")
+    if domain not in DOMAINS:
+        raise ValueError(f"domain={domain!r}; use one of {list(DOMAINS)}.")
     folder = _locate(path, version, download, cache_dir, url)
     table = read_movielens(folder, version)
     order = _domain_order(table.column(domain), domain, version)
@@ -101,7 +111,7 @@ def load_movielens(
 
 
 def read_movielens(folder: Union[str, os.PathLike], version: Literal["100k", "1m"] = "100k") -> pa.Table:
-    """One row per rating: user, item, rating, timestamp, gender, age (group), occupation, zip, genre.
+    """One row per rating: user, item, rating, timestamp, gender, age (group), occupation, zip, genre, genre_group.
 
     Args:
         folder: the folder holding the version's files.
@@ -137,8 +147,20 @@ def read_movielens(folder: Union[str, os.PathLike], version: Literal["100k", "1m
         items = pa.table({"item": movies.column("item"), "genre": genre})
     users = users.set_column(users.schema.get_field_index("age"), "age", age_groups(users.column("age")))
     users = users.set_column(users.schema.get_field_index("zip"), "zip", users.column("zip").cast(pa.string()))
+    items = items.append_column("genre_group", genre_groups(items.column("genre")))
     joined = _join(ratings, "user", users, ["gender", "age", "occupation", "zip"])
-    return _join(joined, "item", items, ["genre"])
+    return _join(joined, "item", items, ["genre", "genre_group"])
+
+
+def genre_groups(genres: Union[pa.Array, pa.ChunkedArray]) -> pa.Array:
+    """Genre names -> their `GENRE_GROUPS` group (`"other"` for a genre in no group).
+
+    Example:
+        >>> genre_groups(pa.array(["Film-Noir", "Romance", "Documentary"])).to_pylist()
+        ['thriller', 'drama', 'other']
+    """
+    group_of = {genre: group for group, members in GENRE_GROUPS.items() for genre in members}
+    return pa.array([group_of.get(genre, "other") for genre in genres.to_pylist()])
 
 
 def age_groups(ages: Union[pa.Array, pa.ChunkedArray]) -> pa.Array:
@@ -153,10 +175,13 @@ def age_groups(ages: Union[pa.Array, pa.ChunkedArray]) -> pa.Array:
 
 
 def _domain_order(column: pa.ChunkedArray, domain: str, version: str) -> Optional[list[str]]:
-    """Age groups youngest first and ML-1M occupations in code order; other domains sort by value."""
+    """Age groups youngest first, genre groups in `GENRE_GROUPS` order and ML-1M occupations in code
+    order; other domains sort by value."""
     present = set(column.unique().to_pylist())
     if domain == "age":
         return [g for g in AGE_GROUPS if g in present]
+    if domain == "genre_group":
+        return [g for g in GENRE_GROUPS if g in present]
     if domain == "occupation" and version == "1m":
         return [o for o in ML1M_OCCUPATIONS if o in present]
     return None
