@@ -67,22 +67,47 @@ class DataSpec:
     composition: str = "mixed"
 
 
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "emb_l2": ("train.embedding_l2=1e-4",),
+    "emb_l2_strong": ("train.embedding_l2=1e-3",),
+    "plateau": ("train.lr_schedule=plateau", "train.lr_decay=0.3", "train.patience=4"),
+    "cosine": ("train.lr_schedule=cosine", "train.max_epochs=8", "train.min_lr_ratio=0.05"),
+    "paper_dropout": ("model.options.dropout_placement=base_output",),
+}
+"""Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
+backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One model: a zoo backbone or baseline, the MLoRA mode and rank divisor."""
+    """One model: a zoo backbone or baseline, the MLoRA mode and rank divisor, and a named option."""
 
     name: str
     model: str
     mode: str  # none, joint or two_stage
     rank_divisor: int = 16
+    option: str = ""  # a key of OPTIONS, or "" for the paper's settings
 
     @property
     def is_baseline(self) -> bool:
         return self.model in models.list_models("baselines")
 
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return OPTIONS[self.option] if self.option else ()
 
-def variants(names: list[str], modes: list[str], divisors: list[int]) -> list[Variant]:
-    """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first."""
+    @property
+    def folder(self) -> str:
+        return self.name.replace("/", "_r")
+
+
+def variants(names: list[str], modes: list[str], divisors: list[int], options: tuple[str, ...] = ()
+             ) -> list[Variant]:
+    """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first.
+
+    Each option adds the plain backbone and its joint MLoRA (default divisor) with that option,
+    named `mlp[option]` and `mlp+mlora[option]`.
+    """
     found = []
     for name in names:
         if name in models.list_models("baselines"):
@@ -94,6 +119,9 @@ def variants(names: list[str], modes: list[str], divisors: list[int]) -> list[Va
                 suffix = "" if divisor == 16 else f"/{divisor}"
                 found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}{suffix}", name, mode,
                                      divisor))
+        for option in options:
+            found += [Variant(f"{name}[{option}]", name, "none", option=option),
+                      Variant(f"{name}+mlora[{option}]", name, "joint", option=option)]
     return found
 
 
@@ -114,7 +142,9 @@ def synthetic_specs(domain_counts: list[int], effects: list[float], rows: int, c
     return specs
 
 
-def real_specs(user_fraction: float, compositions: list[str], movielens_domains: list[str]) -> list[DataSpec]:
+def real_specs(user_fraction: float, compositions: list[str], movielens_domains: list[str],
+               movielens_features: tuple[str, ...] = ("ids",)) -> list[DataSpec]:
+    """Amazon-6 and ML-100K per domain split; `side` features add ML-100K's user and item attributes."""
     specs = []
     for composition in compositions:
         suffix = "" if composition == "mixed" else f"@{composition}"
@@ -122,8 +152,12 @@ def real_specs(user_fraction: float, compositions: list[str], movielens_domains:
         specs.append(DataSpec(f"amazon6{suffix}", f"Amazon-6 (2014 5-core), {pct}, {composition} batches", "amazon",
                               {"user_fraction": user_fraction}, composition))
         for domain in movielens_domains:
-            specs.append(DataSpec(f"ml100k-{domain}{suffix}", f"ML-100K by {domain}, {composition} batches",
-                                  "movielens", {"domain": domain}, composition))
+            for features in movielens_features:
+                side = features == "side"
+                specs.append(DataSpec(
+                    f"ml100k-{domain}{'-side' if side else ''}{suffix}",
+                    f"ML-100K by {domain}, {'ids and side features' if side else 'ids'}, {composition} batches",
+                    "movielens", {"domain": domain, "side_features": side}, composition))
     return specs
 
 
@@ -150,8 +184,9 @@ class DataCache:
                                            domain_effect=o["domain_effect"], imbalance=o["imbalance"], seed=seed,
                                            embedding_dim=dim)
         if spec.source == "movielens":
-            return with_safe_domain_names(data_lib.load_movielens(self.data_root / "ml-100k", domain=o["domain"],
-                                                                  label="rating==5", seed=seed, embedding_dim=dim))
+            return with_safe_domain_names(data_lib.load_movielens(
+                self.data_root / "ml-100k", domain=o["domain"], label="rating==5", seed=seed, embedding_dim=dim,
+                side_features=o.get("side_features", False)))
         if spec.source == "amazon":
             if self.amazon_positives is None:
                 self.amazon_positives = data_lib.read_amazon(self.data_root / "amazon-2014-5core")
@@ -207,7 +242,7 @@ def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCac
 def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache: DataCache,
             overrides: list[str]) -> dict:
     """Train (or read from the cache) one (data, model, seed) run; returns its summary."""
-    run_dir = cache / spec.key / variant.name.replace("/", "_r") / f"seed{seed}"
+    run_dir = cache / spec.key / variant.folder / f"seed{seed}"
     summary_path = run_dir / SUMMARY
     if summary_path.exists():
         return json.loads(summary_path.read_text())
@@ -218,7 +253,7 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
         f"output_dir={run_dir}", "compare_with_plain=false", f"data.source={spec.source}",
         f"data.composition={spec.composition}", f"data.seed={seed}", f"train.seed={seed}",
         f"model.name={variant.model}", f"model.embedding_dim={data_cache.embedding_dim}",
-        f"mlora.mode={variant.mode}", f"mlora.rank_divisor={variant.rank_divisor}", *overrides])
+        f"mlora.mode={variant.mode}", f"mlora.rank_divisor={variant.rank_divisor}", *variant.overrides, *overrides])
     start = time.perf_counter()
     results = train_recipe.train(cfg, run_dir, data=data)
     seconds = time.perf_counter() - start
@@ -227,7 +262,8 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
     best = max(last_stage, key=lambda r: -1.0 if r["eval/mean_auc"] is None else r["eval/mean_auc"])
     summary = {
         "data": spec.key, "variant": variant.name, "model": variant.model, "mode": variant.mode,
-        "rank_divisor": variant.rank_divisor, "seed": seed, "domains": list(data.domain_names),
+        "rank_divisor": variant.rank_divisor, "option": variant.option,
+        "option_overrides": list(variant.overrides), "seed": seed, "domains": list(data.domain_names),
         "data_options": spec.options, "composition": spec.composition,
         "test": {k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
         "validation": {"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"], "best_epoch": best["epoch"]},
@@ -249,7 +285,7 @@ def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list
         write_parameters(spec, seeds[0], cache, data_cache)
         for seed in seeds:  # seed-major inside a data set keeps one loaded data set at a time
             for variant in chosen[spec.key]:
-                fresh = not (cache / spec.key / variant.name.replace("/", "_r") / f"seed{seed}" / SUMMARY).exists()
+                fresh = not (cache / spec.key / variant.folder / f"seed{seed}" / SUMMARY).exists()
                 summary = run_one(spec, variant, seed, cache, data_cache, overrides)
                 trained += fresh
                 if fresh:
@@ -269,7 +305,11 @@ def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Varia
     compositions = args.compositions.split(",")
     specs = synthetic_specs([int(d) for d in args.synthetic_domains.split(",")],
                             [float(e) for e in args.synthetic_effects.split(",")], rows, compositions)
-    specs += real_specs(args.user_fraction, compositions, args.movielens_domains.split(","))
+    features = tuple(args.movielens_features.split(","))
+    unknown_features = sorted(set(features) - {"ids", "side"})
+    if unknown_features:
+        raise ValueError(f"--movielens-features {unknown_features} unknown; use ids, side or ids,side.")
+    specs += real_specs(args.user_fraction, compositions, args.movielens_domains.split(","), features)
     wanted = args.data.split(",")
     specs = [s for s in specs if any(s.key == w or s.key.startswith(w) for w in wanted)]
     names = args.models.split(",") if args.models else (["mlp", "deepfm"] if quick else models.list_models())
@@ -277,12 +317,16 @@ def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Varia
     if unknown:
         raise ValueError(f"--models {unknown} unknown; choose from {models.list_models()}.")
     modes = args.modes.split(",")
+    options = tuple(o for o in args.options.split(",") if o)
+    unknown_options = sorted(set(options) - set(OPTIONS))
+    if unknown_options:
+        raise ValueError(f"--options {unknown_options} unknown; choose from {sorted(OPTIONS)}.")
     divisors = [int(d) for d in args.rank_divisors.split(",")]
     chosen = {}
     for spec in specs:
-        found = variants(names, modes, divisors)
+        found = variants(names, modes, divisors, options)
         if spec.composition != "mixed":  # the composition comparison: plain and joint MLoRA only
-            found = [v for v in found if v.mode in ("none", "joint") and not v.is_baseline]
+            found = [v for v in found if v.mode in ("none", "joint") and not v.is_baseline and not v.option]
         chosen[spec.key] = [v for v in found if v.model in backbones or v.is_baseline]
     return specs, chosen
 
@@ -301,7 +345,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-domains", default="3,10,30", help="synthetic D values")
     parser.add_argument("--synthetic-effects", default="0,0.5,1", help="synthetic domain_effect values")
     parser.add_argument("--synthetic-rows", type=int, default=None, help="synthetic rows (default 30,000)")
-    parser.add_argument("--movielens-domains", default="gender,age,occupation", help="ML-100K domain columns")
+    parser.add_argument("--movielens-domains", default="gender,age,occupation,genre_group",
+                        help="ML-100K domain splits (user side: gender, age, occupation; item side: genre_group)")
+    parser.add_argument("--movielens-features", default="ids",
+                        help="ML-100K features: ids (the paper's), side (plus user and item attributes), or ids,side")
+    parser.add_argument("--options", default="",
+                        help=f"named training options, each run on the plain and the MLoRA backbone: {', '.join(OPTIONS)}")
     parser.add_argument("--user-fraction", type=float, default=1.0, help="Amazon-6: share of users kept (per seed)")
     parser.add_argument("--compositions", default="mixed,per_domain", help="training batch compositions")
     parser.add_argument("--override", action="append", default=[],

@@ -67,10 +67,25 @@ def reference_of(variant: dict[int, dict]) -> str:
     return "mlp" if first["model"] in BASELINES else first["model"]
 
 
+def is_reference(variant: dict[int, dict]) -> bool:
+    """True for a plain backbone with the paper's settings (what the other variants are compared with)."""
+    first = next(iter(variant.values()))
+    return first["mode"] == "none" and not first.get("option") and first["model"] == reference_of(variant)
+
+
 def best_mlora(variants: dict[str, dict[int, dict]], backbone: str) -> Optional[str]:
     """The MLoRA variant of `backbone` with the best mean validation mean AUC (test never looked at)."""
+    return _best_on_validation(variants, backbone, lambda mode: mode != "none")
+
+
+def best_plain(variants: dict[str, dict[int, dict]], backbone: str) -> Optional[str]:
+    """The plain `backbone` variant (paper settings or an option) with the best mean validation mean AUC."""
+    return _best_on_validation(variants, backbone, lambda mode: mode == "none")
+
+
+def _best_on_validation(variants: dict[str, dict[int, dict]], backbone: str, mode_ok) -> Optional[str]:
     candidates = [name for name, runs in variants.items()
-                  if next(iter(runs.values()))["model"] == backbone and next(iter(runs.values()))["mode"] != "none"]
+                  if next(iter(runs.values()))["model"] == backbone and mode_ok(next(iter(runs.values()))["mode"])]
     if not candidates:
         return None
     return max(candidates, key=lambda n: statistics.fmean(r["validation"]["mean_auc"] for r in variants[n].values()))
@@ -83,7 +98,7 @@ def _fmt_diff(d: Optional[dict], digits: int = 4) -> str:
 
 
 def _variant_sort(name: str) -> tuple:
-    model = name.split("+")[0]
+    model = name.split("+")[0].split("[")[0]
     models_all = models.list_models()
     return (models_all.index(model) if model in models_all else 99, name)
 
@@ -96,9 +111,7 @@ def results_table(variants: dict[str, dict[int, dict]]) -> list[str]:
         runs = variants[name]
         wauc, mauc = mean_std([r["test"]["wauc"] for r in runs.values()]), \
             mean_std([r["test"]["mean_auc"] for r in runs.values()])
-        first = next(iter(runs.values()))
-        ref = reference_of(runs)
-        is_ref = first["mode"] == "none" and first["model"] == ref
+        ref, is_ref = reference_of(runs), is_reference(runs)
         diff = None if is_ref else paired(runs, variants.get(ref, {}))
         diff_m = None if is_ref else paired(runs, variants.get(ref, {}), "mean_auc")
         label = f"{name} (vs {ref})" if not is_ref else name
@@ -138,6 +151,27 @@ def per_domain_table(variants: dict[str, dict[int, dict]]) -> list[str]:
             cells.append(f"{mean:+.4f} ± {std:.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def options_table(variants: dict[str, dict[int, dict]]) -> list[str]:
+    """Each named option's paired effect on the plain and the MLoRA backbone, and MLoRA's edge with it."""
+    options = sorted({r.get("option") for runs in variants.values() for r in runs.values()} - {"", None})
+    lines = ["| backbone | option | plain[opt] − plain | mlora[opt] − mlora | mlora[opt] − plain[opt] | "
+             "validation mean AUC plain[opt] / mlora[opt] |", "|---|---|---|---|---|---|"]
+    for backbone in BACKBONES:
+        for option in options:
+            plain, mlora = variants.get(f"{backbone}[{option}]"), variants.get(f"{backbone}+mlora[{option}]")
+            if plain is None or mlora is None:
+                continue
+            valid = [statistics.fmean(r["validation"]["mean_auc"] for r in v.values()) for v in (plain, mlora)]
+            lines.append(f"| {backbone} | {option} | {_fmt_diff(paired(plain, variants.get(backbone, {})))} | "
+                         f"{_fmt_diff(paired(mlora, variants.get(f'{backbone}+mlora', {})))} | "
+                         f"{_fmt_diff(paired(mlora, plain))} | {valid[0]:.4f} / {valid[1]:.4f} |")
+    if len(lines) == 2:
+        return []
+    meaning = {r["option"]: r.get("option_overrides", []) for runs in variants.values() for r in runs.values()
+               if r.get("option")}
+    return [*(f"- `{o}`: " + ", ".join(f"`{x}`" for x in meaning[o]) for o in options), "", *lines]
 
 
 def _auc(summary: dict, domain: str) -> float:
@@ -299,7 +333,10 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
         measured += 1
         ok = d["mean"] >= MIN_GAIN_AMAZON and d["wins"] == d["n"]
         met += ok
-        evidence.append(f"{best}: {_fmt_diff(d)}")
+        plain = best_plain(amazon, backbone)
+        versus_best = "" if plain == backbone else f" (vs the best plain config {plain}: " \
+            f"{_fmt_diff(paired(amazon[best], amazon[plain]))})"
+        evidence.append(f"{best}: {_fmt_diff(d)}{versus_best}")
     if measured == 0:
         status = "not measured"
     elif met >= 7:
@@ -502,8 +539,11 @@ def write_page(cache: Path, page: Path) -> Path:
         image = images / f"benchmark_{key.replace('@', '_')}.png"
         plot_data_set(key, variants, image)
         seeds = sorted({s for runs in variants.values() for s in runs})
+        option_lines = options_table(variants)
         lines += [f"## {key}", "", f"Seeds {seeds}. Paired differences: mean ± std over seeds (wins / seeds).", "",
                   *results_table(variants), "",
+                  *(["Training options (`x[option]`, see `OPTIONS` in recipes/benchmark.py), paired:", "",
+                     *option_lines, ""] if option_lines else []),
                   f"![paired gains on {key}](images/{image.name})", "",
                   "Per domain (test AUC of the plain MLP; the others as paired Δ AUC, mean ± std (wins)):", "",
                   *per_domain_table(variants), ""]

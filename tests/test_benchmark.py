@@ -81,3 +81,22 @@ def test_quick_run_caches_continues_and_writes_the_page_from_the_cache(benchmark
     benchmark.main([*args, "--report-only"])
     assert page.read_text() != text
     assert calls == [interrupted]
+
+
+def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_page(benchmark, tmp_path, monkeypatch):
+    monkeypatch.setitem(benchmark.OPTIONS, "slow_lr", ("train.lr=0.0003",))
+    args = [*_tiny_args(tmp_path), "--data", "synthetic-D3-effect1", "--options", "slow_lr"]
+    page = benchmark.main(args)
+    cache = tmp_path / "cache" / "synthetic-D3-effect1"
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["mlp", "mlp+mlora", "mlp+mlora[slow_lr]",
+                                                                      "mlp[slow_lr]"]
+    runs = {p.parent.parent.name: json.loads(p.read_text()) for p in cache.glob("*/seed0/summary.json")}
+    assert runs["mlp[slow_lr]"]["option"] == "slow_lr" and runs["mlp[slow_lr]"]["mode"] == "none"
+    assert "lr: 0.0003" in (cache / "mlp+mlora[slow_lr]" / "seed0" / "config.yaml").read_text()
+    assert "lr: 0.001" in (cache / "mlp+mlora" / "seed0" / "config.yaml").read_text()
+    expected = runs["mlp+mlora[slow_lr]"]["test"]["wauc"] - runs["mlp[slow_lr]"]["test"]["wauc"]
+    row = next(line for line in page.read_text().splitlines() if line.startswith("| mlp | slow_lr |"))
+    assert f"{expected:+.4f} ± 0.0000" in row.split("|")[5]
+    assert "- `slow_lr`: `train.lr=0.0003`" in page.read_text()
+    with pytest.raises(ValueError, match="--options"):
+        benchmark.main([*args[:-1], "no_such_option"])
