@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .config import MultiDomainLoraConfig
 from .routed_linear import DomainSegments, group_by_domain, routed_linear
@@ -21,6 +22,10 @@ from .routed_linear import DomainSegments, group_by_domain, routed_linear
 
 class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
     """Wraps an `nn.Linear`; computes `W x + b + scaling * B_d A_d dropout(x) + b_d` for domain d.
+
+    A base layer with an `output_dropout` module (`mlora_peft.models.OutputDropoutLinear`, which
+    returns `output_dropout(W x + b)`) keeps that dropout on its own term in training:
+    `output_dropout(W x + b) + scaling * B_d A_d dropout(x) + b_d`; the adapter term is not dropped.
 
     Example:
         >>> import torch
@@ -157,8 +162,12 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         x = x.to(dtype)
         dropout = self.mdlora_dropout[name]
         adapter_input = dropout(x) if self.training and isinstance(dropout, nn.Dropout) else None
+        output_dropout = self._active_output_dropout()
         with torch.autocast(device_type, enabled=False):
-            return routed_linear(x, weight, bias, A, B, domain_bias, segments, self.scaling[name], adapter_input)
+            if output_dropout is None:
+                return routed_linear(x, weight, bias, A, B, domain_bias, segments, self.scaling[name], adapter_input)
+            low_rank = routed_linear(x, None, None, A, B, domain_bias, segments, self.scaling[name], adapter_input)
+            return output_dropout(F.linear(x, weight, bias)) + low_rank  # (N, out)
 
     def _gathered_forward(self, x: Tensor, name: str, domain_ids: Tensor) -> Tensor:
         """The export-friendly path: every row gathers its domain's `A_d`, `B_d`, `b_d` (no grouping)."""
@@ -168,9 +177,20 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         dropout = self.mdlora_dropout[name]
         base = self.base_layer
         domain_bias = self.mdlora_bias[name] if name in self.mdlora_bias else None
-        out = gathered_linear(flat, base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], domain_bias,
+        output_dropout = self._active_output_dropout()
+        weight, bias = (base.weight, base.bias) if output_dropout is None else (None, None)
+        out = gathered_linear(flat, weight, bias, self.mdlora_A[name], self.mdlora_B[name], domain_bias,
                               ids, self.scaling[name], dropout(flat))  # (N * L, out)
+        if output_dropout is not None:
+            out = output_dropout(F.linear(flat, base.weight, base.bias)) + out  # (N * L, out)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _active_output_dropout(self) -> Optional[nn.Dropout]:
+        """The base layer's `output_dropout` when it acts (training, p > 0): it then drops `W x + b` only."""
+        dropout = getattr(self.base_layer, "output_dropout", None)
+        if self.training and isinstance(dropout, nn.Dropout) and dropout.p > 0:
+            return dropout
+        return None
 
     def _segments_for(self, x: Tensor, adapter_name: str) -> DomainSegments:
         if self._routing is not None:
@@ -264,7 +284,7 @@ def _repeat_segments(segments: DomainSegments, rows: int, num_domains: int) -> D
 
 def gathered_linear(
     x: Tensor,
-    weight: Tensor,
+    weight: Optional[Tensor],
     bias: Optional[Tensor],
     lora_A: Tensor,
     lora_B: Tensor,
@@ -280,7 +300,8 @@ def gathered_linear(
 
     Args:
         x: `(N, in)` layer input; `adapter_input` is the input of the low-rank term (x after dropout).
-        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None).
+        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None); weight None
+            skips the base product `W x`, as in `routed_linear`.
         lora_A, lora_B, domain_bias: the `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks.
         domain_ids: `(N,)` int64 domain of each row, in [0, D).
         scaling: factor of the low-rank term.
@@ -292,8 +313,12 @@ def gathered_linear(
     A = lora_A.to(dtype).index_select(0, domain_ids)  # (N, r, in)
     B = lora_B.to(dtype).index_select(0, domain_ids)  # (N, out, r)
     codes = torch.bmm(A, adapter_input.unsqueeze(-1)) * scaling  # (N, r, 1)
-    out = torch.nn.functional.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))  # (N, out)
-    out = out + torch.bmm(B, codes).squeeze(-1)  # (N, out)
+    out = torch.bmm(B, codes).squeeze(-1)  # (N, out)
+    bias = None if bias is None else bias.to(dtype)
+    if weight is not None:
+        out = F.linear(x, weight.to(dtype), bias) + out  # (N, out)
+    elif bias is not None:
+        out = out + bias  # (N, out)
     if domain_bias is not None:
         out = out + domain_bias.to(dtype).index_select(0, domain_ids)  # (N, out)
     return out

@@ -13,6 +13,10 @@ backward are written by hand; the costs that matter on CPU (see
 - the rank-r codes are kept as `(r, rows)`, the layout in which the skinny products run fastest;
 - the adapter term is computed first and the big base product accumulates into it (`addmm_`),
   which avoids an extra pass over a fresh `(N, out)` or `(N, in)` buffer.
+
+With `weight=None` there is no base product: the function computes the routed low-rank term
+alone (plus `bias`, if given), for callers that treat `W x + b` themselves (dropout on the base
+output, `OutputDropoutLinear`).
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def group_by_domain(domain_ids: Tensor, num_domains: int) -> DomainSegments:
 
 def routed_linear(
     x: Tensor,
-    weight: Tensor,
+    weight: Optional[Tensor],
     bias: Optional[Tensor],
     lora_A: Tensor,
     lora_B: Tensor,
@@ -112,7 +116,8 @@ def routed_linear(
 
     Args:
         x: `(N, in)` layer input.
-        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None).
+        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None); weight None
+            skips the base product `W x`, leaving `b + scaling * B_d A_d a + b_d`.
         lora_A: `(D, r, in)` stacked down-projections.
         lora_B: `(D, out, r)` stacked up-projections.
         domain_bias: `(D, out)` per-domain biases, or None.
@@ -135,7 +140,9 @@ class _RoutedLinear(torch.autograd.Function):
         codes_t = _mask_padding(_bmm(A_blk, a_blk.transpose(1, 2)).mul_(scaling), segments)  # (nb, r, M)
         slot_bias = _slot_bias(bias, domain_bias, segments)  # (nb, 1, out) or None
         delta = _bmm(codes_t.transpose(1, 2), B_blk.transpose(1, 2), slot_bias)  # (nb, M, out)
-        out = _from_slots(delta, segments).addmm_(x, weight.t())  # (N, out)
+        out = _from_slots(delta, segments)  # (N, out)
+        if weight is not None:
+            out = out.addmm_(x, weight.t())  # (N, out)
         ctx.segments, ctx.scaling, ctx.num_domains = segments, scaling, lora_A.shape[0]
         ctx.has_adapter_input = adapter_input is not None
         ctx.save_for_backward(x, a_blk, codes_t, weight, A_blk, B_blk)
@@ -163,7 +170,9 @@ class _RoutedLinear(torch.autograd.Function):
             grad_db = _sum_blocks(block_sums, segments, num_domains).squeeze(1)  # (D, out)
             if need[3]:  # the base bias gradient is the sum of the domains' (one pass over grad_out saved)
                 grad_b = grad_db.sum(0)  # (out,)
-        if need[0] and ctx.has_adapter_input:
+        if need[0] and weight is None:  # no base product: x reaches the output only as the adapter input
+            grad_x, grad_a = (None, grad_a) if ctx.has_adapter_input else (grad_a, None)
+        elif need[0] and ctx.has_adapter_input:
             grad_x = grad_out @ weight  # (N, in)
         elif need[0]:
             grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a

@@ -29,6 +29,25 @@ def mlora_linear_reference(
     return torch.stack(rows)
 
 
+def low_rank_reference(
+    x: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    domain_bias: Tensor | None,
+    domain_ids: Tensor,
+    scaling: float,
+) -> Tensor:
+    """The adapter term alone, `scaling * B_d A_d x_n + b_d` for each row n of domain d = domain_ids[n]."""
+    rows = []
+    for n in range(x.shape[0]):
+        d = int(domain_ids[n])
+        h = scaling * (lora_B[d] @ (lora_A[d] @ x[n]))
+        if domain_bias is not None:
+            h = h + domain_bias[d]
+        rows.append(h)
+    return torch.stack(rows)
+
+
 def layer_reference(layer, x: Tensor, domain_ids: Tensor, adapter: str = "default") -> Tensor:
     """The reference applied with the weights of a `MultiDomainLoraLayer`."""
     base = layer.base_layer

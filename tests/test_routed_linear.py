@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlora_peft.routed_linear import group_by_domain, routed_linear
-from tests.reference import mlora_linear_reference
+from tests.reference import low_rank_reference, mlora_linear_reference
 
 CASES = [  # (rows, in, out, rank, domains, ids pattern)
     (37, 6, 5, 3, 4, "mixed"),
@@ -75,6 +75,35 @@ def test_frozen_base_gets_no_gradient_and_gradcheck_passes():
     segments = group_by_domain(ids, 3)
     inputs = [params[k] for k in ("x", "weight", "bias", "lora_A", "lora_B", "domain_bias")]
     assert torch.autograd.gradcheck(lambda *t: routed_linear(*t, segments=segments, scaling=0.7), inputs)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_without_weight_is_the_low_rank_term_alone(case, with_bias):
+    params, ids = _inputs(*case, with_bias=with_bias)
+    x, A, B, db = params["x"], params["lora_A"], params["lora_B"], params["domain_bias"]
+    out = routed_linear(x, None, None, A, B, db, segments=group_by_domain(ids, case[4]), scaling=0.5)
+    expected = low_rank_reference(x, A, B, db, ids, 0.5)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn_like(out)
+    inputs = [t for t in (x, A, B, db) if t is not None]
+    for got, want in zip(torch.autograd.grad(out, inputs, upstream), torch.autograd.grad(expected, inputs, upstream)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "single", "skewed"])
+@pytest.mark.parametrize("separate_adapter_input", [False, True])
+def test_without_weight_gradcheck_passes(pattern, separate_adapter_input):
+    params, ids = _inputs(16, 3, 2, 2, 3, pattern)
+    segments = group_by_domain(ids, 3)
+    x, A, B, db = params["x"], params["lora_A"], params["lora_B"], params["domain_bias"]
+    if separate_adapter_input:  # x then feeds nothing: its gradient is zero
+        a = torch.randn_like(x).requires_grad_(True)
+        fn = lambda x, a, A, B, db: routed_linear(x, None, None, A, B, db, segments, 0.7, adapter_input=a)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, [x, a, A, B, db])
+    else:
+        fn = lambda x, A, B, db: routed_linear(x, None, None, A, B, db, segments, 0.7)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, [x, A, B, db])
 
 
 def test_grouping_is_stable_and_flags_single_domain():

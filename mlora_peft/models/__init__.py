@@ -20,7 +20,7 @@ from .hf import CTRConfig, CTRModel, register_auto_classes
 from .multidomain import MultiDomainBaseline
 from .params import ParameterCount, adapter_parameters_per_domain, count_parameters, parameter_table
 from .registry import MODELS, build_model, list_models, model_class, model_options
-from .tower import Backbone, DeepTower
+from .tower import Backbone, DeepTower, OutputDropoutLinear
 
 register_auto_classes()
 
@@ -33,6 +33,7 @@ __all__ = [
     "FeatureEmbedding",
     "LinearTerm",
     "MultiDomainBaseline",
+    "OutputDropoutLinear",
     "ParameterCount",
     "adapter_parameters_per_domain",
     "build_model",

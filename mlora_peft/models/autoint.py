@@ -82,6 +82,9 @@ class AutoInt(Backbone):
             projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
         attention_layers: how many interacting layers.
         num_heads: attention heads per layer.
         head_dim: width of each head.
@@ -102,6 +105,7 @@ class AutoInt(Backbone):
         *,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
         attention_layers: int = 3,
         num_heads: int = 2,
         head_dim: int = 16,
@@ -114,7 +118,7 @@ class AutoInt(Backbone):
             layers.append(InteractingLayer(widths[-1], num_heads, head_dim))
             widths.append(layers[-1].out_features)
         self.attention = nn.Sequential(*layers)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.embedding.num_fields * widths[-1] + self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -73,6 +73,9 @@ class XDeepFM(Backbone):
             projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
         cin_layers: the CIN's feature maps per layer.
 
     Example:
@@ -93,6 +96,7 @@ class XDeepFM(Backbone):
         *,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
         cin_layers: Sequence[int] = (128, 128),
     ) -> None:
         super().__init__()
@@ -100,7 +104,7 @@ class XDeepFM(Backbone):
         self.linear = LinearTerm(features)
         self.cin = CIN(self.embedding.num_fields, cin_layers)
         self.cin_head = nn.Linear(self.cin.out_features, 1)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

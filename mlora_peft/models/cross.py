@@ -68,6 +68,9 @@ class DCN(Backbone):
         features: the feature spec.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
         cross_layers: how many cross layers.
 
     Example:
@@ -86,13 +89,14 @@ class DCN(Backbone):
         *,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
         cross_layers: int = 3,
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
         width = self.embedding.flat_dim
         self.cross = CrossNetwork(width, cross_layers, matrix=self.matrix_cross)
-        self.deep = DeepTower(width, hidden, dropout)
+        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(width + self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -108,6 +112,9 @@ class DCNv2(DCN):
         features: the feature spec.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
         cross_layers: how many cross layers.
 
     Example:

@@ -97,6 +97,9 @@ class FiBiNET(Backbone):
             dense features are projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
         reduction_ratio: SENET's squeeze ratio.
         bilinear_type: "field_all", "field_each" or "field_interaction".
 
@@ -119,6 +122,7 @@ class FiBiNET(Backbone):
         *,
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
         reduction_ratio: int = 3,
         bilinear_type: str = "field_interaction",
     ) -> None:
@@ -128,7 +132,7 @@ class FiBiNET(Backbone):
         self.senet = SENet(fields, reduction_ratio)
         self.bilinear = Bilinear(fields, width, bilinear_type)
         self.senet_bilinear = Bilinear(fields, width, bilinear_type)
-        self.deep = DeepTower(fields * (fields - 1) * width, hidden, dropout)
+        self.deep = DeepTower(fields * (fields - 1) * width, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -31,6 +31,9 @@ class DeepFM(Backbone):
             projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
 
     Example:
         >>> import torch
@@ -43,12 +46,17 @@ class DeepFM(Backbone):
     paper = "Guo et al., DeepFM: A Factorization-Machine based Neural Network for CTR Prediction, IJCAI 2017"
 
     def __init__(
-        self, features: Sequence[Feature], *, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT
+        self,
+        features: Sequence[Feature],
+        *,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         self.linear = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -65,6 +73,9 @@ class NFM(Backbone):
             projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer (and on the pooled vector, as in the paper).
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
 
     Example:
         >>> import torch
@@ -77,12 +88,17 @@ class NFM(Backbone):
     paper = "He and Chua, Neural Factorization Machines for Sparse Predictive Analytics, SIGIR 2017"
 
     def __init__(
-        self, features: Sequence[Feature], *, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT
+        self,
+        features: Sequence[Feature],
+        *,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         self.linear = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.field_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.field_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.pooled_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.deep.out_features, 1)
 

@@ -18,6 +18,9 @@ class MLP(Backbone):
         features: the feature spec (embedding widths may differ; dense values join as they are).
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
 
     Example:
         >>> import torch
@@ -30,11 +33,16 @@ class MLP(Backbone):
     paper = "Covington et al., Deep Neural Networks for YouTube Recommendations, RecSys 2016"
 
     def __init__(
-        self, features: Sequence[Feature], *, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT
+        self,
+        features: Sequence[Feature],
+        *,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -48,6 +56,9 @@ class WDL(Backbone):
         features: the feature spec.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
 
     Example:
         >>> import torch
@@ -59,12 +70,17 @@ class WDL(Backbone):
     paper = "Cheng et al., Wide & Deep Learning for Recommender Systems, DLRS@RecSys 2016"
 
     def __init__(
-        self, features: Sequence[Feature], *, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT
+        self,
+        features: Sequence[Feature],
+        *,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
         self.wide = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -29,6 +29,9 @@ class PNN(Backbone):
             projected to it.
         hidden: the deep tower's widths.
         dropout: dropout after each hidden layer.
+        dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
+            hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
+            MLoRA paper's code); see `DeepTower`.
 
     Example:
         >>> import torch
@@ -41,12 +44,18 @@ class PNN(Backbone):
     paper = "Qu et al., Product-based Neural Networks for User Response Prediction, ICDM 2016"
 
     def __init__(
-        self, features: Sequence[Feature], *, hidden: Sequence[int] = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT
+        self,
+        features: Sequence[Feature],
+        *,
+        hidden: Sequence[int] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
+        dropout_placement: str = "activation",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         fields = self.embedding.num_fields
-        self.deep = DeepTower(self.embedding.flat_dim + fields * (fields - 1) // 2, hidden, dropout)
+        width = self.embedding.flat_dim + fields * (fields - 1) // 2  # [z, p]
+        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -6,9 +6,39 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 DEFAULT_HIDDEN = (256, 128, 64)
 DEFAULT_DROPOUT = 0.5
+DROPOUT_PLACEMENTS = ("activation", "base_output")
+"""Where a tower's hidden-layer dropout acts: after the ReLU, or on the Linear's output `W x + b`."""
+
+
+class OutputDropoutLinear(nn.Linear):
+    """An `nn.Linear` that drops its own output: `dropout(W x + b)`, with the dropout held as `output_dropout`.
+
+    MLoRA's tuner layer reads `output_dropout` and drops only the base term, leaving the adapter
+    term undropped: `dropout(W x + b) + s * B_d A_d x + b_d`, as the MLoRA paper's code does.
+    Dropout holds no state, so the state dict is an `nn.Linear`'s.
+
+    Args:
+        in_features, out_features, bias: as for `nn.Linear`.
+        dropout: probability of the output dropout (active in training mode only).
+
+    Example:
+        >>> import torch
+        >>> layer = OutputDropoutLinear(4, 3, dropout=0.5).eval()
+        >>> x = torch.randn(2, 4)
+        >>> torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        True
+    """
+
+    def __init__(self, in_features: int, out_features: int, dropout: float, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.output_dropout = nn.Dropout(check_dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_dropout(F.linear(x, self.weight, self.bias))  # (..., out)
 
 
 class DeepTower(nn.Sequential):
@@ -17,13 +47,22 @@ class DeepTower(nn.Sequential):
     The linear layers sit at indices 0, 3, 6, ... (a Dropout module is kept even at p=0, so the
     names never depend on the dropout). The output head is not part of the tower.
 
+    With `dropout_placement="base_output"` each Linear is an `OutputDropoutLinear` that drops its
+    own output and the Dropout after the ReLU has p=0: the same function as "activation" for the
+    plain tower (ReLU commutes with the non-negative dropout mask), the same names and state-dict
+    keys, but under MLoRA only `W x + b` is dropped, not the adapter term (the paper code's
+    `ReLU(dropout(W x + b) + B_d A_d x + b_d)`).
+
     Args:
         in_features: width of the tower's input.
         hidden: the hidden widths, e.g. (256, 128, 64).
-        dropout: dropout probability after each hidden layer.
+        dropout: dropout probability of each hidden layer.
+        dropout_placement: "activation" (after each ReLU) or "base_output" (on each Linear's
+            `W x + b`, before an MLoRA adapter's term is added).
 
     Raises:
-        ValueError: empty or non-positive widths, or a dropout outside [0, 1).
+        ValueError: empty or non-positive widths, a dropout outside [0, 1), or an unknown
+            dropout_placement.
 
     Example:
         >>> tower = DeepTower(10, hidden=(8, 4), dropout=0.0)
@@ -31,12 +70,18 @@ class DeepTower(nn.Sequential):
         (['0', '3'], 4)
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int], dropout: float) -> None:
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], dropout: float, *, dropout_placement: str = "activation"
+    ) -> None:
         hidden = check_widths(hidden, "hidden")
         check_dropout(dropout)
+        check_dropout_placement(dropout_placement)
         layers: list[nn.Module] = []
         for fan_in, width in zip((in_features, *hidden[:-1]), hidden):
-            layers += [nn.Linear(fan_in, width), nn.ReLU(), nn.Dropout(dropout)]
+            if dropout_placement == "base_output":
+                layers += [OutputDropoutLinear(fan_in, width, dropout), nn.ReLU(), nn.Dropout(0.0)]
+            else:
+                layers += [nn.Linear(fan_in, width), nn.ReLU(), nn.Dropout(dropout)]
         super().__init__(*layers)
         self.out_features = hidden[-1]
         self.hidden_linear_names = [str(3 * i) for i in range(len(hidden))]
@@ -51,8 +96,8 @@ class DeepTower(nn.Sequential):
 class Backbone(nn.Module):
     """Base of the single-domain backbones: a `deep` tower whose hidden layers MLoRA adapts.
 
-    Subclasses take `(features, *, hidden, dropout, ...)`, build `self.deep` (a `DeepTower`), and
-    return `(N,)` logits from `forward(batch)`. `paper` cites the model's source.
+    Subclasses take `(features, *, hidden, dropout, dropout_placement, ...)`, build `self.deep` (a
+    `DeepTower`), and return `(N,)` logits from `forward(batch)`. `paper` cites the model's source.
     """
 
     paper: ClassVar[str] = ""
@@ -79,6 +124,16 @@ def check_dropout(dropout: float) -> float:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r} must be a number in [0, 1), e.g. 0.5.")
     return float(dropout)
+
+
+def check_dropout_placement(placement: str) -> str:
+    """`placement` if it is one of `DROPOUT_PLACEMENTS`, else a `ValueError` listing them."""
+    if placement not in DROPOUT_PLACEMENTS:
+        raise ValueError(
+            f"dropout_placement={placement!r} is not supported; use 'activation' (dropout after each ReLU, the "
+            "default) or 'base_output' (dropout on each hidden Linear's W x + b only, as the MLoRA paper's code)."
+        )
+    return placement
 
 
 def check_count(value: int, name: str) -> int:
