@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class DataConfig:
     sparse: Optional[list[str]] = field(default=None, metadata={"help": "table: categorical columns (None: inferred)."})
     dense: Optional[list[str]] = field(default=None, metadata={"help": "table: numeric columns (None: inferred)."})
     categories: Optional[list[str]] = field(default=None, metadata={"help": "amazon: categories to load (None: all)."})
+    side_features: bool = field(default=False, metadata={
+        "help": "movielens: add the user's gender, age, occupation and zip and the item's first genre as features "
+                "(the domain's own column left out); other sources refuse it (list columns in data.sparse instead)."})
     composition: str = field(default="mixed", metadata={
         "help": "Training batches: mixed, per_domain (one domain per batch, the paper's code) or sorted."})
     seed: int = field(default=0, metadata={"help": "Seed of the data (sampling, negatives) and its split."})
@@ -88,6 +92,17 @@ class MloraSettings:
 @dataclass
 class TrainSettings:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "Learning rate within each stage: constant, cosine (from train.lr down to train.lr * min_lr_ratio "
+                "over max_epochs) or plateau (times lr_decay after each epoch without a better validation score)."})
+    min_lr_ratio: float = field(default=0.0, metadata={
+        "help": "cosine: the final lr as a fraction of train.lr, in [0, 1]."})
+    lr_decay: float = field(default=0.5, metadata={
+        "help": "plateau: multiply the lr by this, in (0, 1], after each epoch without a better validation score."})
+    embedding_l2: float = field(default=0.0, metadata={
+        "help": "L2 penalty on the id embeddings a batch looks up (DeepCTR's l2_reg_embedding): adds embedding_l2 * "
+                "the sum of squared outputs of every nn.Embedding (a linear term's id weights too) / batch rows to "
+                "the training loss, which train/loss then includes (0: off)."})
     batch_size: int = field(default=1024, metadata={"help": "Global batch size (split over processes)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
     max_epochs: int = field(default=20, metadata={"help": "Epochs per stage at most."})
@@ -139,9 +154,20 @@ def check_config(cfg: "TrainConfig") -> "TrainConfig":
     choices = {"mlora.mode": (cfg.mlora.mode, ("joint", "two_stage", "none")),
                "train.early_stopping_metric": (cfg.train.early_stopping_metric, ("mean_auc", "wauc")),
                "data.composition": (cfg.data.composition, ("mixed", "per_domain", "sorted"))}
+    choices["train.lr_schedule"] = (cfg.train.lr_schedule, ("constant", "cosine", "plateau"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{key}={value!r} is not allowed; use one of {list(allowed)}.")
+    ranges = {"train.embedding_l2": (lambda x: x >= 0, "a number >= 0 (0: off)"),
+              "train.min_lr_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+              "train.lr_decay": (lambda x: 0 < x <= 1, "a number in (0, 1] (1: no decay)")}
+    for key, (ok, allowed) in ranges.items():
+        value = getattr(cfg.train, key.split(".")[1])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"{key}={value!r} is not allowed; use {allowed}.")
+    if cfg.data.side_features and cfg.data.source != "movielens":
+        raise ValueError(f"data.side_features=true needs data.source=movielens, not {cfg.data.source!r}; set "
+                         "data.side_features=false (for a table, list the extra columns in data.sparse).")
     return cfg
 
 
@@ -153,8 +179,25 @@ def _build(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
-        kwargs[name] = _build(type(default), value, f"{where}{name}.") if dataclasses.is_dataclass(default) else value
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}{name}.")
+        else:
+            kwargs[name] = _as_number(value, known[name].type, where + name)
     return cls(**kwargs)
+
+
+def _as_number(value, annotation: str, key: str):
+    """`value` for a float or int field: YAML reads `3e-4` (no dot) as a string, so such strings are parsed."""
+    wanted = {"float": float, "int": int}.get(annotation)
+    if wanted is None or value is None or not isinstance(value, (str, bool)):
+        return value
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return wanted(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} must be {'a number' if wanted is float else 'an integer'}, "
+                         f"e.g. {key}={'3e-4' if wanted is float else '8'}.") from None
 
 
 # ---------------------------------------------------------------------------------- data and model
@@ -167,7 +210,8 @@ def load_data(cfg: TrainConfig) -> MultiDomainData:
                                        imbalance=d.imbalance, seed=d.seed, embedding_dim=dim)
     if d.source == "movielens":
         return data_lib.load_movielens(_required(d.path, "data.path"), domain=d.domain or "gender",
-                                       label=d.label or "rating==5", seed=d.seed, embedding_dim=dim)
+                                       label=d.label or "rating==5", seed=d.seed, embedding_dim=dim,
+                                       side_features=d.side_features)
     if d.source == "amazon":
         return data_lib.load_amazon(_required(d.path, "data.path"), categories=d.categories, seed=d.seed,
                                     embedding_dim=dim)
@@ -200,11 +244,12 @@ STAGES = {"joint": ["joint"], "two_stage": ["shared", "adapters"], "none": ["pla
 
 
 class TrainingState:
-    """Where training is (stage, epoch, step) and the early-stopping record; saved in checkpoints."""
+    """Where training is (stage, epoch, step), the early-stopping record and the plateau lr factor; checkpointed."""
 
     def __init__(self) -> None:
         self.stage, self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0, 0
         self.best_score, self.waited, self.best_weights = float("-inf"), 0, {}
+        self.lr_factor = 1.0  # plateau: train.lr_decay ** (epochs of this stage without improvement)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -222,6 +267,60 @@ def set_stage(model: nn.Module, optimizer: torch.optim.Optimizer, stage: str, lr
     learning = {"joint": (lr, lr), "plain": (lr, lr), "shared": (lr, 0.0), "adapters": (0.0, lr)}[stage]
     for group, group_lr in zip(optimizer.param_groups, learning):
         group["lr"] = group_lr
+
+
+def end_epoch(state: TrainingState, score: Optional[float], settings: TrainSettings) -> bool:
+    """Count the finished epoch and update the early-stopping record (and the plateau lr factor) with its
+    validation `score`; returns whether the score improved."""
+    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    improved = score is not None and score > state.best_score
+    if improved:
+        state.best_score, state.waited = score, 0
+    else:
+        state.waited += 1
+        if settings.lr_schedule == "plateau":
+            state.lr_factor *= settings.lr_decay
+    return improved
+
+
+def scheduled_lr(settings: TrainSettings, state: TrainingState, batch_index: int, steps_per_epoch: int) -> float:
+    """The learning rate of the optimiser step that the epoch's batch `batch_index` (0-based) belongs to.
+
+    cosine: `lr * (m + (1 - m) * (1 + cos(pi * k / K)) / 2)` at the stage's step k of K = max_epochs *
+    steps_per_epoch (m = min_lr_ratio), as `CosineAnnealingLR`; a function of the checkpointed epoch and
+    batch, so resuming continues it exactly. constant, plateau: `lr * state.lr_factor` (1 for constant).
+    """
+    if settings.lr_schedule != "cosine":
+        return settings.lr * state.lr_factor
+    step = state.epoch * steps_per_epoch + batch_index // settings.gradient_accumulation_steps
+    cosine = (1 + math.cos(math.pi * step / (settings.max_epochs * steps_per_epoch))) / 2
+    return settings.lr * (settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine)
+
+
+class EmbeddingL2:
+    """DeepCTR's `l2_reg_embedding` for any model: an L2 penalty on the embedding rows a batch looks up.
+
+    Forward hooks on every `nn.Embedding` of `model` (found through any PEFT or accelerate wrapper)
+    sum the squares of what training-mode lookups return (eval mode adds nothing); `pop` returns
+    `weight * that sum / batch_rows` and starts the next sum.
+
+    Example:
+        >>> model = nn.Sequential(nn.Embedding(10, 4))
+        >>> penalty = EmbeddingL2(model, weight=1e-3)
+        >>> loss = model(torch.tensor([1, 2])).sum() + penalty.pop(batch_rows=2)
+    """
+
+    def __init__(self, model: nn.Module, weight: float) -> None:
+        self.weight, self.total = weight, 0.0
+        self.handles = [m.register_forward_hook(self._add) for m in model.modules() if isinstance(m, nn.Embedding)]
+
+    def _add(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if module.training:
+            self.total = self.total + output.float().pow(2).sum()
+
+    def pop(self, batch_rows: int) -> torch.Tensor:
+        total, self.total = self.total, 0.0
+        return self.weight * total / batch_rows
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -290,6 +389,8 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"])
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
+    penalty = EmbeddingL2(model, cfg.train.embedding_l2) if cfg.train.embedding_l2 else None  # no hooks at 0
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.gradient_accumulation_steps)  # optimiser steps
 
     # -- resume
     checkpoints = complete_checkpoints(out_dir)
@@ -303,7 +404,6 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
     log_path = out_dir / "log.jsonl"
     while state.stage < len(stages):
         stage = stages[state.stage]
-        set_stage(model, optimizer, stage, cfg.train.lr)
         while state.epoch < cfg.train.max_epochs and state.waited < cfg.train.patience:
             epoch_order.set_epoch(state.epoch)
             model.train()
@@ -311,10 +411,15 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
             bar = tqdm(batches, desc=f"{stage} epoch {state.epoch + 1}", initial=state.step_in_epoch,
                        total=len(train_loader), leave=False,
                        disable=None if accelerator.is_local_main_process else True)  # None: off when not a TTY
+            loss = None  # stays None when a resumed epoch has no batch left
             for batch in bar:
                 with accelerator.accumulate(model):
                     loss = loss_fn(model(batch), batch["label"])
+                    if penalty is not None:
+                        loss = loss + penalty.pop(len(batch["label"]))
                     accelerator.backward(loss)
+                    set_stage(model, optimizer, stage, scheduled_lr(cfg.train, state, state.step_in_epoch,
+                                                                    steps_per_epoch))
                     optimizer.step()
                     optimizer.zero_grad()
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
@@ -323,20 +428,17 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
                     save_checkpoint(accelerator, out_dir, state, cfg.train.keep_checkpoints)
             report = evaluate(model, valid_loader, accelerator, domain_names)
             score = report[cfg.train.early_stopping_metric]
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            improved = score is not None and score > state.best_score
+            lr = scheduled_lr(cfg.train, state, len(train_loader) - 1, steps_per_epoch)  # the epoch's last step
+            improved = end_epoch(state, score, cfg.train)
             if improved:
-                state.best_score, state.waited = score, 0
                 state.best_weights = {k: v.detach().cpu().clone()
                                       for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            else:
-                state.waited += 1
-            _log(accelerator, log_path, state, stage, loss.item(), report)
+            _log(accelerator, log_path, state, stage, None if loss is None else loss.item(), lr, report)
             accelerator.print(f"[{stage}] epoch {state.epoch}: validation {cfg.train.early_stopping_metric} "
                               f"{_fmt(score)}{' (best)' if improved else ''}")
         accelerator.unwrap_model(model).load_state_dict(state.best_weights)  # the best epoch of this stage
         state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
-        state.best_score, state.waited = float("-inf"), 0
+        state.best_score, state.waited, state.lr_factor = float("-inf"), 0, 1.0
         optimizer.state.clear()  # a fresh optimiser state for the next stage
 
     # -- per-domain evaluation and save
@@ -407,8 +509,9 @@ def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _log(accelerator: Accelerator, path: Path, state: TrainingState, stage: str, loss: float, report: dict) -> None:
-    record = {"stage": stage, "epoch": state.epoch, "step": state.global_step, "train/loss": loss,
+def _log(accelerator: Accelerator, path: Path, state: TrainingState, stage: str, loss: Optional[float], lr: float,
+         report: dict) -> None:
+    record = {"stage": stage, "epoch": state.epoch, "step": state.global_step, "train/loss": loss, "train/lr": lr,
               "eval/wauc": report["wauc"], "eval/mean_auc": report["mean_auc"], "eval/logloss": report["logloss"]}
     for name, row in report["per_domain"].items():
         record[f"eval/{name}/auc"], record[f"eval/{name}/logloss"] = row["auc"], row["logloss"]

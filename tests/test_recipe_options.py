@@ -1,0 +1,250 @@
+"""Training options of recipes/train.py: embedding L2, learning rate schedules, MovieLens side features."""
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tests.test_recipe import ROOT, TINY, _load_recipe
+
+
+@pytest.fixture(scope="module")
+def train():
+    return _load_recipe("train")
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _record_lrs(monkeypatch, train) -> list[list[float]]:
+    """Patch the recipe's optimiser so that every real step records its param groups' learning rates."""
+    steps, make = [], train.make_optimizer
+
+    def recording(model, lr):
+        optimizer = make(model, lr)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: steps.append([g["lr"] for g in opt.param_groups]))
+        return optimizer
+
+    monkeypatch.setattr(train, "make_optimizer", recording)
+    return steps
+
+
+def _cosine_reference(lr: float, min_ratio: float, total_steps: int) -> list[float]:
+    """PyTorch's CosineAnnealingLR over `total_steps` steps, eta_min = lr * min_ratio."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=lr * min_ratio)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+# ---------------------------------------------------------------------------------- embedding L2
+@pytest.mark.parametrize("name", ["mlp", "deepfm"])  # deepfm adds the linear term's (vocab, 1) tables
+def test_embedding_penalty_equals_the_looked_up_rows(train, name):
+    cfg = train.load_config(TINY, ["data.rows=600", f"model.name={name}"])
+    data = train.load_data(cfg)
+    model = train.build_model(cfg, data)  # PEFT-wrapped
+    batch = next(iter(data.loader("train", batch_size=64, seed=0)))
+    penalty = train.EmbeddingL2(model, weight=0.3)
+    tables = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    assert len(penalty.handles) == len(tables) == (6 if name == "deepfm" else 3)
+
+    model.train()
+    model(batch)
+    by_hand = sum(m.weight[batch[n.rsplit(".", 1)[1]]].pow(2).sum() for n, m in tables.items())  # table[ids]
+    torch.testing.assert_close(penalty.pop(batch_rows=64), 0.3 * by_hand / 64)
+    assert penalty.pop(batch_rows=64) == 0.0  # pop starts a new sum
+
+    model.eval()
+    model(batch)
+    assert penalty.pop(batch_rows=64) == 0.0  # evaluation lookups are not penalised
+
+
+def test_embedding_l2_step_adds_the_penalty_gradient_to_looked_up_rows(train, tmp_path, monkeypatch):
+    """One SGD step of the recipe: the rows move by the extra -lr * l2 * 2 * count(id) * row / B, others not at all."""
+    lr, l2 = 0.1, 0.5
+    monkeypatch.setattr(train, "make_optimizer", lambda model, lr: torch.optim.SGD(
+        [{"params": list(model.parameters())}, {"params": []}], lr=lr))
+    inits, build = [], train.build_model
+
+    def build_and_keep_the_init(cfg, data):
+        model = build(cfg, data)
+        inits.append(copy.deepcopy(model.state_dict()))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_and_keep_the_init)
+    common = ["data.rows=600", "mlora.mode=none", "train.max_epochs=1", "train.batch_size=100000", f"train.lr={lr}"]
+    steps = {}
+    for weight in (0.0, l2):
+        run = tmp_path / str(weight)
+        cfg = train.load_config(TINY, [*common, f"output_dir={run}", f"train.embedding_l2={weight}"])
+        train.train(cfg, run)
+        assert _log(run)[0]["step"] == 1  # the whole split is one batch: one step
+        steps[weight] = load_file(str(run / "model.safetensors"))
+    init = inits[0]
+    batch = next(iter(train.load_data(cfg).loader("train", batch_size=100000, seed=0)))
+    rows = len(batch["label"])
+    for key, start in init.items():
+        difference = steps[l2][key] - steps[0.0][key]
+        if key.endswith(".weight") and ".tables." in key:
+            counts = torch.bincount(batch[key.split(".")[-2]], minlength=start.shape[0]).float()  # (vocab,)
+            expected = -lr * l2 * 2 * counts[:, None] * start / rows  # d/de of l2 * sum(e[ids]**2) / B
+            torch.testing.assert_close(difference, expected, atol=1e-7, rtol=1e-4)
+            assert (difference[counts == 0] == 0).all()  # rows not looked up are not regularised
+        else:
+            torch.testing.assert_close(difference, torch.zeros_like(difference), atol=1e-7, rtol=0)
+
+
+def test_embedding_l2_zero_registers_no_hooks(train, tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(train, "EmbeddingL2", lambda *args: built.append(args))
+    train.train(train.load_config(TINY, [f"output_dir={tmp_path}", "data.rows=600", "train.max_epochs=1"]), tmp_path)
+    assert built == []
+
+
+# ---------------------------------------------------------------------------------- learning rate schedules
+@pytest.mark.parametrize("accumulation, batches", [(1, 5), (2, 5), (3, 6)])
+def test_cosine_lr_of_every_batch_follows_cosine_annealing(train, accumulation, batches):
+    settings = train.TrainSettings(lr=0.01, lr_schedule="cosine", min_lr_ratio=0.1, max_epochs=4,
+                                   gradient_accumulation_steps=accumulation)
+    steps_per_epoch = math.ceil(batches / accumulation)
+    reference = _cosine_reference(0.01, 0.1, 4 * steps_per_epoch)
+    state = train.TrainingState()
+    for epoch in range(4):
+        state.epoch = epoch
+        for batch_index in range(batches):
+            step = epoch * steps_per_epoch + batch_index // accumulation
+            assert train.scheduled_lr(settings, state, batch_index, steps_per_epoch) == pytest.approx(
+                reference[step], rel=1e-12)
+
+
+def test_plateau_decays_after_each_epoch_without_improvement(train):
+    settings = train.TrainSettings(lr=0.01, lr_schedule="plateau", lr_decay=0.5)
+    state = train.TrainingState()
+    lrs, waited = [], []
+    for score in [0.60, 0.70, 0.65, 0.70, 0.80, None, 0.79, 0.81]:  # equal is not better; None never is
+        train.end_epoch(state, score, settings)
+        lrs.append(train.scheduled_lr(settings, state, 0, 1))
+        waited.append(state.waited)
+    assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.0025, 0.0025, 0.00125, 0.000625, 0.000625])
+    assert waited == [0, 0, 1, 2, 0, 1, 2, 0]
+    constant, settings = train.TrainingState(), dataclasses.replace(settings, lr_schedule="constant")
+    for score in [0.6, 0.5, 0.4]:
+        train.end_epoch(constant, score, settings)
+    assert train.scheduled_lr(settings, constant, 0, 1) == 0.01
+
+
+def test_two_stage_cosine_restarts_per_stage_and_keeps_frozen_groups_at_zero(train, tmp_path, monkeypatch):
+    steps = _record_lrs(monkeypatch, train)
+    cfg = train.load_config(TINY, [f"output_dir={tmp_path}", "mlora.mode=two_stage", "train.max_epochs=3",
+                                   "train.patience=10", "train.batch_size=128", "train.gradient_accumulation_steps=2",
+                                   "train.lr_schedule=cosine", "train.min_lr_ratio=0.2"])
+    train.train(cfg, tmp_path)
+    logged = _log(tmp_path)
+    batches = logged[0]["step"]  # batches in an epoch
+    per_epoch = math.ceil(batches / 2)  # optimiser steps in an epoch (the last one may take one batch)
+    reference = _cosine_reference(cfg.train.lr, 0.2, 3 * per_epoch)
+    shared, adapters = steps[:3 * per_epoch], steps[3 * per_epoch:]
+    assert len(adapters) == 3 * per_epoch
+    assert [lrs[1] for lrs in shared] == [0.0] * len(shared)  # adapters frozen in the shared stage
+    assert [lrs[0] for lrs in adapters] == [0.0] * len(adapters)  # the backbone frozen in the adapter stage
+    assert [lrs[0] for lrs in shared] == pytest.approx(reference, rel=1e-12)
+    assert [lrs[1] for lrs in adapters] == pytest.approx(reference, rel=1e-12)
+    last_of_each_epoch = [reference[(e + 1) * per_epoch - 1] for e in range(3)]
+    assert [r["train/lr"] for r in logged] == pytest.approx(last_of_each_epoch * 2, rel=1e-12)
+    assert [r["stage"] for r in logged] == ["shared"] * 3 + ["adapters"] * 3
+
+
+def test_plateau_lr_in_the_log_follows_the_validation_scores(train, tmp_path):
+    cfg = train.load_config(TINY, [f"output_dir={tmp_path}", "train.max_epochs=8", "train.patience=8",
+                                   "train.lr=0.05", "train.lr_schedule=plateau", "train.lr_decay=0.3"])
+    train.train(cfg, tmp_path)
+    logged, best, factor = _log(tmp_path), float("-inf"), 1.0
+    for record in logged:
+        assert record["train/lr"] == pytest.approx(0.05 * factor, rel=1e-12)  # the lr this epoch trained with
+        if record["eval/mean_auc"] > best:
+            best = record["eval/mean_auc"]
+        else:
+            factor *= 0.3
+    assert factor < 1, "no epoch failed to improve: the test does not exercise the decay"
+
+
+# ---------------------------------------------------------------------------------- exact resume
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_with_a_schedule_is_exact(train, tmp_path, schedule):
+    """Resuming from a mid-run checkpoint (all a SIGKILL leaves) ends exactly like the uninterrupted run."""
+    common = ["mlora.mode=two_stage", "train.max_epochs=4", "train.patience=4", "train.batch_size=256",
+              "train.lr=0.05", f"train.lr_schedule={schedule}", "train.lr_decay=0.3", "train.min_lr_ratio=0.1",
+              "train.embedding_l2=0.01", "train.checkpoint_every=3", "train.keep_checkpoints=100"]
+    whole = tmp_path / "whole"
+    train.train(train.load_config(TINY, [*common, f"output_dir={whole}"]), whole)
+    logged = _log(whole)
+    total, batches = logged[-1]["step"], logged[0]["step"]
+    step = max(s for s in range(3, total, 3) if s % batches)  # mid-way through the second stage's last epoch
+    assert step > total - batches and (whole / "checkpoints" / f"step_{step:09d}").exists()
+    if schedule == "plateau":
+        assert logged[-1]["train/lr"] < 0.05, "no decay before the checkpoint: the test would not check it"
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoints" / f"step_{step:09d}", resumed / "checkpoints" / f"step_{step:09d}")
+    train.train(train.load_config(TINY, [*common, f"output_dir={resumed}", "train.resume=true"]), resumed)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, resumed))
+    assert b["per_domain"] == a["per_domain"] and b["wauc"] == a["wauc"] and b["logloss"] == a["logloss"]
+    tail = _log(resumed)
+    assert tail == logged[-len(tail):]  # the same epochs after the checkpoint, learning rates included
+
+
+# ---------------------------------------------------------------------------------- side features and bad values
+def test_side_features_reach_the_movielens_loader(train, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train.data_lib, "load_movielens", lambda path, **kwargs: seen.update(kwargs) or "data")
+    cfg = train.load_config(TINY, ["data.source=movielens", "data.path=/nowhere", "data.side_features=true"])
+    assert train.load_data(cfg) == "data" and seen["side_features"] is True
+    train.load_data(train.load_config(TINY, ["data.source=movielens", "data.path=/nowhere"]))
+    assert seen["side_features"] is False
+
+
+def test_side_features_add_the_user_and_item_columns(train):
+    ml100k = ROOT.parent / "shared" / "data" / "ml-100k"
+    if not (ml100k / "u.data").exists():
+        pytest.skip(f"MovieLens-100K is not at {ml100k} (the shared data folder)")
+    config = ROOT / "recipes" / "configs" / "movielens_age.yaml"
+    names = {flag: [f.name for f in train.load_data(train.load_config(
+        config, [f"data.path={ml100k}", f"data.side_features={flag}"])).feature_spec] for flag in ("false", "true")}
+    assert names == {"false": ["user", "item"], "true": ["user", "item", "gender", "occupation", "zip", "genre"]}
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.lr_schedule=linear", r"train.lr_schedule='linear' is not allowed; use one of \['constant', 'cosine', "
+                                 r"'plateau'\]"),
+    ("train.embedding_l2=-0.1", r"train.embedding_l2=-0.1 is not allowed; use a number >= 0"),
+    ("train.embedding_l2=abc", r"train.embedding_l2='abc' must be a number"),
+    ("train.min_lr_ratio=1.5", r"train.min_lr_ratio=1.5 is not allowed; use a number in \[0, 1\]"),
+    ("train.min_lr_ratio=-0.1", r"train.min_lr_ratio=-0.1 is not allowed"),
+    ("train.lr_decay=0", r"train.lr_decay=0 is not allowed; use a number in \(0, 1\]"),
+    ("train.lr_decay=1.5", r"train.lr_decay=1.5 is not allowed"),
+    ("data.side_features=true", r"data.side_features=true needs data.source=movielens, not 'synthetic'"),
+])
+def test_bad_option_values_name_the_key_and_the_allowed_ones(train, override, match):
+    with pytest.raises(ValueError, match=match):
+        train.load_config(TINY, [override])
+
+
+def test_numbers_written_without_a_dot_are_numbers_and_words_are_refused(train):
+    recipe = train
+    cfg = recipe.load_config(recipe.DEFAULT_CONFIG, ["train.lr=3e-4", "train.embedding_l2=1e-5", "train.max_epochs=7"])
+    assert cfg.train.lr == 3e-4 and cfg.train.embedding_l2 == 1e-5 and cfg.train.max_epochs == 7
+    with pytest.raises(ValueError, match="train.lr='fast' must be a number"):
+        recipe.load_config(recipe.DEFAULT_CONFIG, ["train.lr=fast"])
+    with pytest.raises(ValueError, match="train.max_epochs='many' must be an integer"):
+        recipe.load_config(recipe.DEFAULT_CONFIG, ["train.max_epochs=many"])
