@@ -248,3 +248,22 @@ def test_numbers_written_without_a_dot_are_numbers_and_words_are_refused(train):
         recipe.load_config(recipe.DEFAULT_CONFIG, ["train.lr=fast"])
     with pytest.raises(ValueError, match="train.max_epochs='many' must be an integer"):
         recipe.load_config(recipe.DEFAULT_CONFIG, ["train.max_epochs=many"])
+
+
+def test_resume_from_a_checkpoint_on_an_epochs_last_batch(train, tmp_path):
+    """The resumed epoch has no batch left: it is evaluated and logged (without a loss), then training goes on."""
+    common = ["mlora.mode=joint", "train.max_epochs=3", "train.patience=3", "train.batch_size=256",
+              "train.checkpoint_every=1", "train.keep_checkpoints=100"]
+    whole = tmp_path / "whole"
+    train.train(train.load_config(TINY, [*common, f"output_dir={whole}"]), whole)
+    logged = _log(whole)
+    batches = logged[0]["step"]
+    resumed = tmp_path / "resumed"
+    name = f"step_{batches:09d}"  # saved after the first epoch's last batch, before its evaluation
+    shutil.copytree(whole / "checkpoints" / name, resumed / "checkpoints" / name)
+    train.train(train.load_config(TINY, [*common, f"output_dir={resumed}", "train.resume=true"]), resumed)
+    tail = _log(resumed)
+    assert tail[0]["train/loss"] is None and tail[0]["eval/wauc"] == logged[0]["eval/wauc"]
+    assert tail[1:] == logged[1:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, resumed))
+    assert b["wauc"] == a["wauc"] and b["per_domain"] == a["per_domain"]
