@@ -68,9 +68,9 @@ class DataSpec:
 
 
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "emb_l2_0.001": ("train.embedding_l2=0.001",),
-    "emb_l2_0.01": ("train.embedding_l2=0.01",),
     "emb_l2_0.1": ("train.embedding_l2=0.1",),
+    "emb_l2_1": ("train.embedding_l2=1",),
+    "emb_l2_10": ("train.embedding_l2=10",),
     "plateau": ("train.lr_schedule=plateau", "train.lr_decay=0.3", "train.patience=4"),
     "cosine": ("train.lr_schedule=cosine", "train.max_epochs=8", "train.min_lr_ratio=0.05"),
     "paper_dropout": ("model.options.dropout_placement=base_output",),
