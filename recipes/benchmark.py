@@ -17,10 +17,8 @@ the speed section comes from `recipes/bench_speed.py`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
-import re
 import shutil
 import sys
 import time
@@ -185,9 +183,8 @@ class DataCache:
                                            domain_effect=o["domain_effect"], imbalance=o["imbalance"], seed=seed,
                                            embedding_dim=dim)
         if spec.source == "movielens":
-            return with_safe_domain_names(data_lib.load_movielens(
-                self.data_root / "ml-100k", domain=o["domain"], label="rating==5", seed=seed, embedding_dim=dim,
-                side_features=o.get("side_features", False)))
+            return data_lib.load_movielens(self.data_root / "ml-100k", domain=o["domain"], label="rating==5",
+                                           seed=seed, embedding_dim=dim, side_features=o.get("side_features", False))
         if spec.source == "amazon":
             if self.amazon_positives is None:
                 self.amazon_positives = data_lib.read_amazon(self.data_root / "amazon-2014-5core")
@@ -197,16 +194,6 @@ class DataCache:
             return data_lib.load_multidomain(rows, label="label", domain="category", sparse=["user", "item"],
                                              dense=[], seed=seed, embedding_dim=dim)
         raise ValueError(f"source={spec.source!r}; use synthetic, movielens or amazon.")
-
-
-def with_safe_domain_names(data: MultiDomainData) -> MultiDomainData:
-    """The same data with domain names usable as adapter folder names (ML-100K's age groups '<18', '56+')."""
-    names = tuple(re.sub(r"[^A-Za-z0-9_.-]", "", n.replace("<", "under").replace("+", "plus")) for n in
-                  data.domain_names)
-    if names == data.domain_names:
-        return data
-    encoder = dataclasses.replace(data.encoder, domain=dataclasses.replace(data.encoder.domain, names=names))
-    return MultiDomainData(data.splits, encoder, data.embedding_dim)
 
 
 def subsample_users(positives: pa.Table, fraction: float, seed: int) -> pa.Table:

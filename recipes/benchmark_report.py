@@ -523,8 +523,11 @@ def write_page(cache: Path, page: Path) -> Path:
         "negatives, per-domain 60/20/20 split) and the initialisation for every model, so differences are "
         "paired seed by seed. Metrics are on the test split: WAUC (per-domain AUC weighted by test rows) and the "
         "unweighted mean of per-domain AUCs. `x+mlora` is MLoRA joint training, `x+two_stage` the shared "
-        "backbone then the adapters only; `/4` marks a rank divisor other than 16. The \"best MLoRA config\" of a "
-        "backbone is the variant with the highest mean **validation** mean AUC.", "",
+        "backbone then the adapters only; `/4` marks a rank divisor other than 16; `x[option]` is a run with a named "
+        "training option (listed under each data set), made for the plain and the MLoRA backbone alike. The "
+        "\"best MLoRA config\" of a backbone is its MLoRA variant (any mode, divisor or option) with the highest mean "
+        "**validation** mean AUC; the Amazon goal also shows it against the best plain config, chosen the same way.",
+        "",
         "## Goals", "", *goals(summaries, shares, steps), "",
         "## When does MLoRA help?", "",
         "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by number of domains and strength "
