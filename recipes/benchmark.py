@@ -3,6 +3,8 @@
     python recipes/benchmark.py --quick                               # a smoke run in minutes
     python recipes/benchmark.py                                       # everything, 5 seeds (days on a CPU)
     python recipes/benchmark.py --data amazon6 --models mlp,deepfm,shared_bottom --seeds 0,1,2
+    python recipes/benchmark.py --data amazon6 --models mlp --options emb_l2_1,paper_dropout  # options, paired
+    python recipes/benchmark.py --data ml100k --movielens-features side   # ML-100K with user and item attributes
     python recipes/benchmark.py --report-only                         # rewrite the page from the cache
 
 Every run is `recipes/train.py`'s `train()` with the paper's settings (embedding 8, hidden
