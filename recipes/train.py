@@ -87,6 +87,8 @@ class MloraSettings:
     mode: str = field(default="joint", metadata={"help": "joint, two_stage or none."})
     r: Optional[int] = field(default=None, metadata={"help": "Fixed adapter rank (None: use rank_divisor)."})
     rank_divisor: Optional[int] = field(default=16, metadata={"help": "Rank = max(width // rank_divisor, 1)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input (MultiDomainLoraConfig.lora_dropout)."})
+    domain_bias: bool = field(default=True, metadata={"help": "Learn a bias per domain beside the low-rank term (b_d)."})
 
 
 @dataclass
@@ -235,7 +237,8 @@ def build_model(cfg: TrainConfig, data: MultiDomainData) -> nn.Module:
     if cfg.mlora.mode == "none":
         return model
     adapter = mlora_peft.MultiDomainLoraConfig(domain_names=list(data.domain_names), r=cfg.mlora.r,
-                                               rank_divisor=cfg.mlora.rank_divisor, train_base=True)
+                                               rank_divisor=cfg.mlora.rank_divisor, lora_dropout=cfg.mlora.dropout,
+                                               domain_bias=cfg.mlora.domain_bias, train_base=True)
     return get_peft_model(model, adapter)
 
 

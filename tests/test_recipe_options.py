@@ -267,3 +267,15 @@ def test_resume_from_a_checkpoint_on_an_epochs_last_batch(train, tmp_path):
     assert tail[1:] == logged[1:]
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, resumed))
     assert b["wauc"] == a["wauc"] and b["per_domain"] == a["per_domain"]
+
+
+@pytest.mark.parametrize("dropout,domain_bias", [(0.0, True), (0.3, False)])
+def test_mlora_dropout_and_domain_bias_reach_the_adapter(train, dropout, domain_bias):
+    cfg = train.load_config(TINY, [f"mlora.dropout={dropout}", f"mlora.domain_bias={str(domain_bias).lower()}"])
+    model = train.build_model(cfg, train.load_data(cfg))
+    adapter = model.peft_config["default"]
+    assert adapter.lora_dropout == dropout and adapter.domain_bias is domain_bias
+    names = [n for n, _ in model.named_parameters()]
+    assert any("mdlora_bias" in n for n in names) is domain_bias
+    layers = [m for m in model.modules() if hasattr(m, "mdlora_dropout")]
+    assert layers and all(isinstance(m.mdlora_dropout["default"], nn.Dropout) == (dropout > 0) for m in layers)
