@@ -74,6 +74,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "plateau": ("train.lr_schedule=plateau", "train.lr_decay=0.3", "train.patience=4"),
     "cosine": ("train.lr_schedule=cosine", "train.max_epochs=8", "train.min_lr_ratio=0.05"),
     "paper_dropout": ("model.options.dropout_placement=base_output",),
+    "adapter_dropout": ("mlora.dropout=0.3",),
+    "no_domain_bias": ("mlora.domain_bias=false",),
 }
 """Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
 backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
@@ -107,7 +109,8 @@ def variants(names: list[str], modes: list[str], divisors: list[int], options: t
     """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first.
 
     Each option adds the plain backbone and its joint MLoRA (default divisor) with that option,
-    named `mlp[option]` and `mlp+mlora[option]`.
+    named `mlp[option]` and `mlp+mlora[option]`; an option of MLoRA's settings alone (`mlora.*`)
+    adds only the latter, since the plain model would not change.
     """
     found = []
     for name in names:
@@ -121,8 +124,9 @@ def variants(names: list[str], modes: list[str], divisors: list[int], options: t
                 found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}{suffix}", name, mode,
                                      divisor))
         for option in options:
-            found += [Variant(f"{name}[{option}]", name, "none", option=option),
-                      Variant(f"{name}+mlora[{option}]", name, "joint", option=option)]
+            if not all(o.startswith("mlora.") for o in OPTIONS[option]):  # the plain model is the same without MLoRA
+                found.append(Variant(f"{name}[{option}]", name, "none", option=option))
+            found.append(Variant(f"{name}+mlora[{option}]", name, "joint", option=option))
     return found
 
 

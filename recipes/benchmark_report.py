@@ -160,11 +160,14 @@ def options_table(variants: dict[str, dict[int, dict]]) -> list[str]:
              "validation mean AUC plain[opt] / mlora[opt] |", "|---|---|---|---|---|---|"]
     for backbone in BACKBONES:
         for option in options:
-            plain, mlora = variants.get(f"{backbone}[{option}]"), variants.get(f"{backbone}+mlora[{option}]")
+            mlora = variants.get(f"{backbone}+mlora[{option}]")
+            plain = variants.get(f"{backbone}[{option}]", variants.get(backbone))  # mlora.* options: the plain model
             if plain is None or mlora is None:
                 continue
             valid = [statistics.fmean(r["validation"]["mean_auc"] for r in v.values()) for v in (plain, mlora)]
-            lines.append(f"| {backbone} | {option} | {_fmt_diff(paired(plain, variants.get(backbone, {})))} | "
+            own_plain = f"{backbone}[{option}]" in variants
+            plain_effect = _fmt_diff(paired(plain, variants.get(backbone, {}))) if own_plain else "— (MLoRA only)"
+            lines.append(f"| {backbone} | {option} | {plain_effect} | "
                          f"{_fmt_diff(paired(mlora, variants.get(f'{backbone}+mlora', {})))} | "
                          f"{_fmt_diff(paired(mlora, plain))} | {valid[0]:.4f} / {valid[1]:.4f} |")
     if len(lines) == 2:
