@@ -239,7 +239,7 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
     run_dir = cache / spec.key / variant.folder / f"seed{seed}"
     summary_path = run_dir / SUMMARY
     if summary_path.exists():
-        return json.loads(summary_path.read_text())
+        return check_cached(json.loads(summary_path.read_text()), spec, variant, overrides, summary_path)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts over (its log would be appended to)
     data = data_cache.get(spec, seed)
@@ -268,6 +268,28 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
         target = run_dir / heavy  # the summary keeps what the page needs; weights would fill the disk
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     train_recipe.write_json_atomic(summary_path, summary)
+    return summary
+
+
+def check_cached(summary: dict, spec: DataSpec, variant: Variant, overrides: list[str], path: Path) -> dict:
+    """`summary` if it was run with these settings; a `ValueError` naming the difference otherwise.
+
+    The cache folder is named by data set, variant and seed only, so a run with other rows, user
+    fraction or overrides must not be taken for this one.
+    """
+    def settings(options: dict) -> dict:
+        return {k: v for k, v in options.items() if v is not False}  # a flag added later defaults to False
+
+    cached = {"data options": settings(summary.get("data_options", {})), "overrides": summary.get("overrides", []),
+              "option overrides": summary.get("option_overrides", [])}
+    wanted = {"data options": settings(spec.options), "overrides": overrides,
+              "option overrides": list(variant.overrides)}
+    if "data_options" not in summary:  # summaries of the first version did not record them
+        del cached["data options"], wanted["data options"]
+    differ = [k for k in cached if cached[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"{path} was run with other settings ({'; '.join(f'{k}: {cached[k]} there, {wanted[k]} now' for k in differ)}); "
+                         "rerun with the same arguments, or give this run another --cache folder.")
     return summary
 
 

@@ -100,3 +100,12 @@ def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_p
     assert "- `slow_lr`: `train.lr=0.0003`" in page.read_text()
     with pytest.raises(ValueError, match="--options"):
         benchmark.main([*args[:-1], "no_such_option"])
+
+
+def test_a_cached_run_with_other_settings_is_refused_not_reused(benchmark, tmp_path):
+    args = [*_tiny_args(tmp_path), "--data", "synthetic-D3-effect1"]
+    benchmark.main(args)
+    with pytest.raises(ValueError, match="other settings.*rows"):
+        benchmark.main([*args, "--synthetic-rows", "700"])
+    with pytest.raises(ValueError, match="overrides"):
+        benchmark.main([*args, "--override", "train.lr=0.01"])
