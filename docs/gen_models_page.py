@@ -53,7 +53,7 @@ def render() -> str:
         "",
         f"- spec: id features with 16-wide embeddings ({vocabularies}; `history` holds up to 20 items) "
         "and a dense `price`;",
-        f"- adapters: ranks from `rank_divisor={DEFAULT_RANK_DIVISOR}` (the default: ranks 16, 8, 4 for widths "
+        f"- adapters: ranks from `rank_divisor={DEFAULT_RANK_DIVISOR}` (the default: ranks 4, 2, 1 for widths "
         "256, 128, 64), each with a per-domain bias;",
         "- dense: the parameters outside the `nn.Embedding` tables.",
         "",

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mlora_peft import models  # noqa: E402
+from mlora_peft.config import DEFAULT_RANK_DIVISOR  # noqa: E402
 
 BACKBONES = models.list_models("backbones")
 BASELINES = models.list_models("baselines")
@@ -258,9 +259,9 @@ def parameter_section(cache: Path) -> tuple[list[str], Optional[dict]]:
     divisors = list(next(r for r in rows if r["model"] == "mlp")["adapter_per_domain"])
     lines = [f"Counted on `{key}` features (its sparse and dense columns and the domain id; embedding dim 8, "
              f"D = {rows[0]['num_domains']}). MLoRA's rank for a layer of width w is max(w // divisor, 1); "
-             "the default divisor is 16. Shares are adapter parameters of one domain over the backbone's "
-             "parameters outside the embedding tables.", "",
-             "| model | all parameters | without embeddings | adapters per domain (divisor 16) | "
+             f"the library's default divisor is {DEFAULT_RANK_DIVISOR}. Shares are adapter parameters of one domain "
+             "over the backbone's parameters outside the embedding tables.", "",
+             f"| model | all parameters | without embeddings | adapters per domain (divisor {DEFAULT_RANK_DIVISOR}) | "
              + " | ".join(f"share, divisor {d}" for d in divisors) + " |",
              "|---|---|---|---|" + "---|" * len(divisors)]
     shares = {}
@@ -268,10 +269,10 @@ def parameter_section(cache: Path) -> tuple[list[str], Optional[dict]]:
         per_domain = row["adapter_per_domain"]
         baseline = per_domain[divisors[0]] is None
         if not baseline:
-            shares[row["model"]] = per_domain["16"] / row["without_embeddings"]
+            shares[row["model"]] = per_domain[str(DEFAULT_RANK_DIVISOR)] / row["without_embeddings"]
         cells = ["—" if baseline else f"{per_domain[d] / row['without_embeddings']:.1%}" for d in divisors]
         lines.append(f"| {row['model']} | {row['total']:,} | {row['without_embeddings']:,} | "
-                     f"{'— (baseline)' if baseline else format(per_domain['16'], ',')} | " + " | ".join(cells) + " |")
+                     f"{'— (baseline)' if baseline else format(per_domain[str(DEFAULT_RANK_DIVISOR)], ',')} | " + " | ".join(cells) + " |")
     return lines, shares
 
 

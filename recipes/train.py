@@ -86,7 +86,7 @@ class ModelConfig:
 class MloraSettings:
     mode: str = field(default="joint", metadata={"help": "joint, two_stage or none."})
     r: Optional[int] = field(default=None, metadata={"help": "Fixed adapter rank (None: use rank_divisor)."})
-    rank_divisor: Optional[int] = field(default=16, metadata={"help": "Rank = max(width // rank_divisor, 1)."})
+    rank_divisor: Optional[int] = field(default=64, metadata={"help": "Rank = max(width // rank_divisor, 1)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input (MultiDomainLoraConfig.lora_dropout)."})
     domain_bias: bool = field(default=True, metadata={"help": "Learn a bias per domain beside the low-rank term (b_d)."})
 

@@ -40,9 +40,10 @@ def test_bad_config_names_the_fix(kwargs, match):
         MultiDomainLoraConfig(**kwargs)
 
 
-def test_ranks_and_scaling_follow_the_paper_by_default():
+def test_ranks_follow_the_papers_rule_with_divisor_64_and_scaling_one_by_default():
     config = MultiDomainLoraConfig(num_domains=2)
-    assert [config.rank_for(w) for w in (256, 128, 64, 8)] == [16, 8, 4, 1]
+    assert [config.rank_for(w) for w in (256, 128, 64, 8)] == [4, 2, 1, 1]
+    assert [MultiDomainLoraConfig(num_domains=2, rank_divisor=16).rank_for(w) for w in (256, 128, 64)] == [16, 8, 4]
     assert config.scaling_for(8) == 1.0
     assert MultiDomainLoraConfig(num_domains=2, r=4, lora_alpha=8).scaling_for(4) == 2.0
 

@@ -81,10 +81,13 @@ def test_default_targets_skip_output_heads_and_rank_follows_width():
     assert layers["proj"].rank["default"] == 8 // 4
 
 
-def test_paper_default_rank_divisor_is_16_and_scaling_is_one():
+def test_default_rank_divisor_is_64_and_scaling_is_one():
     model, _ = build("PlainMLP", num_domains=2)
     ranks = sorted(m.rank["default"] for m in model.modules() if isinstance(m, MultiDomainLoraLayer))
-    assert ranks == [1, 1]  # max(16 // 16, 1) and max(8 // 16, 1)
+    assert ranks == [1, 1]  # max(16 // 64, 1) and max(8 // 64, 1)
+    wide = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 256)), MultiDomainLoraConfig(num_domains=2,
+                                                                                            target_modules=["0"]))
+    assert wide.base_model.model[0].rank["default"] == 256 // 64
     assert all(m.scaling["default"] == 1.0 for m in model.modules() if isinstance(m, MultiDomainLoraLayer))
 
 

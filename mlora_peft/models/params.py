@@ -49,7 +49,7 @@ def adapter_parameters_per_domain(
 
     Args:
         model: a zoo backbone (or any model with `mlora_target_modules` naming `nn.Linear` layers).
-        r, rank_divisor, domain_bias: as in `MultiDomainLoraConfig` (neither rank option: divisor 16).
+        r, rank_divisor, domain_bias: as in `MultiDomainLoraConfig` (neither rank option: divisor 64).
 
     Raises:
         ValueError: the model declares no placement, or a placement entry is not an `nn.Linear`.
