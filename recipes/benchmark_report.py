@@ -526,8 +526,9 @@ def write_page(cache: Path, page: Path) -> Path:
         "above). A seed fixes the data (user subsample, sampled "
         "negatives, per-domain 60/20/20 split) and the initialisation for every model, so differences are "
         "paired seed by seed. Metrics are on the test split: WAUC (per-domain AUC weighted by test rows) and the "
-        "unweighted mean of per-domain AUCs. `x+mlora` is MLoRA joint training, `x+two_stage` the shared "
-        "backbone then the adapters only; `/4` marks a rank divisor other than 16; `x[option]` is a run with a named "
+        "unweighted mean of per-domain AUCs. `x+mlora` is MLoRA joint training at rank divisor 16, `x+two_stage` the "
+        f"shared backbone then the adapters only; `/4` marks another rank divisor (`/{DEFAULT_RANK_DIVISOR}` is the "
+        "library's default); `x[option]` is a run with a named "
         "training option (listed under each data set), made for the plain and the MLoRA backbone alike. The "
         "\"best MLoRA config\" of a backbone is its MLoRA variant (any mode, divisor or option) with the highest mean "
         "**validation** mean AUC; the Amazon goal also shows it against the best plain config, chosen the same way.",
