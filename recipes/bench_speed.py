@@ -122,7 +122,7 @@ def _where(device: str) -> str:
 
 
 def step_ratios(quick: bool, device: str = "cpu") -> dict:
-    rounds, steps = (3, 2) if quick else (7, 3)
+    rounds, steps = (3, 2) if quick else (15, 10)
     rows = {}
     for name in models.list_models("backbones"):
         rows[name] = {"ratio": {}}
