@@ -38,14 +38,8 @@ def low_rank_reference(
     scaling: float,
 ) -> Tensor:
     """The adapter term alone, `scaling * B_d A_d x_n + b_d` for each row n of domain d = domain_ids[n]."""
-    rows = []
-    for n in range(x.shape[0]):
-        d = int(domain_ids[n])
-        h = scaling * (lora_B[d] @ (lora_A[d] @ x[n]))
-        if domain_bias is not None:
-            h = h + domain_bias[d]
-        rows.append(h)
-    return torch.stack(rows)
+    no_base = x.new_zeros(lora_B.shape[1], x.shape[1])  # (out, in): W = 0, no base bias
+    return mlora_linear_reference(x, no_base, None, lora_A, lora_B, domain_bias, domain_ids, scaling)
 
 
 def layer_reference(layer, x: Tensor, domain_ids: Tensor, adapter: str = "default") -> Tensor:
