@@ -75,7 +75,8 @@ def is_reference(variant: dict[int, dict]) -> bool:
 
 
 def best_mlora(variants: dict[str, dict[int, dict]], backbone: str) -> Optional[str]:
-    """The MLoRA variant of `backbone` with the best mean validation mean AUC (test never looked at)."""
+    """The MLoRA variant of `backbone` with the best mean validation mean AUC (test never looked at), over
+    the seeds every candidate ran."""
     return _best_on_validation(variants, backbone, lambda mode: mode != "none")
 
 
@@ -89,7 +90,13 @@ def _best_on_validation(variants: dict[str, dict[int, dict]], backbone: str, mod
                   if next(iter(runs.values()))["model"] == backbone and mode_ok(next(iter(runs.values()))["mode"])]
     if not candidates:
         return None
-    return max(candidates, key=lambda n: statistics.fmean(r["validation"]["mean_auc"] for r in variants[n].values()))
+    common = set.intersection(*(set(variants[n]) for n in candidates))  # seeds differ in data: compare like with like
+
+    def validation(name: str) -> float:
+        runs = variants[name]
+        return statistics.fmean(runs[s]["validation"]["mean_auc"] for s in (common or runs))
+
+    return max(candidates, key=validation)
 
 
 def _fmt_diff(d: Optional[dict], digits: int = 4) -> str:
