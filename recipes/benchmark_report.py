@@ -480,7 +480,8 @@ def when_it_helps(summaries: dict) -> list[str]:
         hurt = [b for b, _, d in found if d["wins"] == 0 and d["mean"] < 0]
         mean_gain = statistics.fmean(d["mean"] for _, _, d in found)
         n = max(d["n"] for _, _, d in found)
-        verdict = ("helps consistently" if len(clear) == len(found) else
+        verdict = ("helps consistently" if len(clear) == len(found) and mean_gain >= 0.001 else
+                   "wins every seed, by less than 0.001 WAUC" if len(clear) == len(found) else
                    "hurts consistently" if len(hurt) == len(found) else "is mixed")
         lines.append(f"- **{key}** ({n} seed{'s' if n > 1 else ''}): MLoRA {verdict} — average paired Δ WAUC of the best config over "
                      f"{len(found)} backbone(s) {mean_gain:+.4f}; wins every seed for "
