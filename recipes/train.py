@@ -365,8 +365,14 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
     """
     # -- Accelerator
     trackers = "tensorboard" if _has("tensorboard") else None
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(out_dir),
-                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
+                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              cpu=launched > 1 and not torch.accelerator.is_available())
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}: "
+                           "each would train alone on all the data. Launch with `accelerate launch --multi_gpu` on "
+                           "GPUs, or set ACCELERATE_USE_CPU=true for several CPU processes.")
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,6 +456,7 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
     unwrapped = accelerator.unwrap_model(model)
     adapters = sum(p.numel() for n, p in unwrapped.named_parameters() if "mdlora_" in n)
     results = {**report, "config": dataclasses.asdict(cfg),
+               "processes": accelerator.num_processes,
                "params": {"backbone": sum(p.numel() for p in unwrapped.parameters()) - adapters,
                           "adapters": adapters}}
     accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)

@@ -133,6 +133,7 @@ def test_two_processes_match_one(tmp_path, train):
     run = subprocess.run(_launch([f"output_dir={two}", *common], processes=2), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert (a["processes"], b["processes"]) == (1, 2)  # two processes that share the data, not two lone runs
     assert b["wauc"] == pytest.approx(a["wauc"], abs=1e-4)
     for name in a["per_domain"]:
         assert b["per_domain"][name]["auc"] == pytest.approx(a["per_domain"][name]["auc"], abs=1e-4)
