@@ -22,7 +22,7 @@ from torch import nn
 
 from mlora_peft.evaluation import evaluate, gain_table
 from mlora_peft.data import MultiDomainData
-from train import TrainConfig, _build, build_model, load_data
+from train import TrainConfig, _build, build_model, load_data, make_accelerator
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, nn.Module, MultiDomainData]:
@@ -47,7 +47,8 @@ def evaluate_run(run_dir: Path, split: str, accelerator: Accelerator) -> dict:
         raise ValueError(f"split={split!r} is not in the run's data; choose one of {sorted(data.splits)}.")
     loader = data.loader(split, batch_size=max(cfg.train.batch_size // accelerator.num_processes, 1),
                          num_processes=accelerator.num_processes)
-    model, loader = accelerator.prepare(model, loader)
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # no DDP wrapper: nothing here trains
+    loader = accelerator.prepare_data_loader(loader)
     return evaluate(model, loader, accelerator, list(data.domain_names))
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", help="Which split to evaluate (default: test).")
     parser.add_argument("--baseline", type=Path, help="Another run to compare with, e.g. runs/default/plain.")
     args = parser.parse_args()
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     report = evaluate_run(args.run_dir, args.split, accelerator)
     baseline = evaluate_run(args.baseline, args.split, accelerator) if args.baseline else None
     accelerator.print(gain_table(report, baseline, baseline_name="baseline"))

@@ -358,6 +358,21 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def make_accelerator(**kwargs) -> Accelerator:
+    """An `Accelerator` that uses every launched process, CPU-only machines included.
+
+    Launched with several processes and no GPU, accelerate would otherwise give each process the
+    whole data and a model of its own; here they share one model over gloo instead.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(cpu=launched > 1 and not torch.accelerator.is_available(), **kwargs)
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}, "
+                           "so each would work alone on all the data. Launch with `accelerate launch --multi_gpu` "
+                           "on GPUs, or set ACCELERATE_USE_CPU=true for several CPU processes.")
+    return accelerator
+
+
 def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = None) -> dict:
     """Train one model as `cfg` says; returns the test report with config and parameter counts.
 
@@ -365,14 +380,9 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
     """
     # -- Accelerator
     trackers = "tensorboard" if _has("tensorboard") else None
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(out_dir),
-                              gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                              cpu=launched > 1 and not torch.accelerator.is_available())
-    if accelerator.num_processes != launched:
-        raise RuntimeError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}: "
-                           "each would train alone on all the data. Launch with `accelerate launch --multi_gpu` on "
-                           "GPUs, or set ACCELERATE_USE_CPU=true for several CPU processes.")
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers,
+                                   project_dir=str(out_dir),
+                                   gradient_accumulation_steps=cfg.train.gradient_accumulation_steps)
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

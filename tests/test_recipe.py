@@ -80,11 +80,13 @@ def test_unknown_config_key_is_an_error(train):
         train.load_config(TINY, ["train.learning_rate=1"])
 
 
-def _launch(args: list[str], processes: int = 1) -> list[str]:
+def _launch(args: list[str], processes: int = 1, script: str = "train") -> list[str]:
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if processes > 1:
         launcher += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    if script != "train":
+        return launcher + [str(ROOT / "recipes" / f"{script}.py"), *args]
     return launcher + [str(ROOT / "recipes" / "train.py"), "--config", str(TINY), "compare_with_plain=false", *args]
 
 
@@ -130,7 +132,7 @@ def test_two_processes_match_one(tmp_path, train):
     common = ["mlora.mode=joint", "train.max_epochs=2", f"train.batch_size={batch}", f"data.rows={total}"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_launch([f"output_dir={one}", *common]), check=True, capture_output=True)
-    run = subprocess.run(_launch([f"output_dir={two}", *common], processes=2), capture_output=True, text=True)
+    run = subprocess.run(_launch([f"output_dir={two}", *common], processes=2), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert (a["processes"], b["processes"]) == (1, 2)  # two processes that share the data, not two lone runs
@@ -138,6 +140,13 @@ def test_two_processes_match_one(tmp_path, train):
     for name in a["per_domain"]:
         assert b["per_domain"][name]["auc"] == pytest.approx(a["per_domain"][name]["auc"], abs=1e-4)
     assert b["per_domain"][name]["rows"] == a["per_domain"][name]["rows"]
+
+    evaluated = subprocess.run(_launch([str(two)], processes=2, script="evaluate"), capture_output=True, text=True,
+                               timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    wauc_lines = [line.split() for line in evaluated.stdout.splitlines() if line.startswith("WAUC")]
+    assert len(wauc_lines) == 1, evaluated.stdout
+    assert float(wauc_lines[0][1]) == pytest.approx(b["wauc"], abs=1e-4)  # printed once
 
 
 @pytest.mark.parametrize("mode", ["joint", "none"])
