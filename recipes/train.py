@@ -482,7 +482,8 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
             save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, str(out_dir / "model.safetensors"))
         save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))
         write_json_atomic(out_dir / "results.json", results)
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): the process group stays up for the next model
+        tracker.finish()
     return results
 
 
@@ -499,6 +500,7 @@ def main(cfg: TrainConfig) -> dict:
         plot_report(results, out_dir / "per_domain_auc.png", baseline=plain)
         print(f"\nTest, mode {cfg.mlora.mode}:\n" + gain_table(results, plain))
         print(f"\nSaved {out_dir / 'results.json'} and {out_dir / 'per_domain_auc.png'}")
+    PartialState().destroy_process_group()
     return results
 
 
