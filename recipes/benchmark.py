@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import torch
 
 from mlora_peft import data as data_lib
+from mlora_peft.config import DEFAULT_RANK_DIVISOR
 from mlora_peft import models
 from mlora_peft.data import MultiDomainData
 from mlora_peft.features import SparseFeature
@@ -356,7 +357,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "default: all, or synthetic,ml100k-gender with --quick)")
     parser.add_argument("--models", default=None, help="comma-separated zoo models (default: all 15)")
     parser.add_argument("--modes", default="joint,two_stage", help="MLoRA modes beside the plain backbone")
-    parser.add_argument("--rank-divisors", default="16", help="MLoRA rank divisors to compare (on validation)")
+    parser.add_argument("--rank-divisors", default=None,
+                        help=f"MLoRA rank divisors to compare on validation (default: 16, the variants named x+mlora, "
+                             f"and the library's default, x+mlora/{DEFAULT_RANK_DIVISOR}; 16 alone with --quick)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0-4, or 0,1 with --quick)")
     parser.add_argument("--synthetic-domains", default="3,10,30", help="synthetic D values")
     parser.add_argument("--synthetic-effects", default="0,0.5,1", help="synthetic domain_effect values")
@@ -384,6 +387,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.data = "synthetic,ml100k-gender" if args.quick else "synthetic,ml100k,amazon6"
     if args.seeds is None:
         args.seeds = "0,1" if args.quick else "0,1,2,3,4"
+    if args.rank_divisors is None:
+        args.rank_divisors = "16" if args.quick else f"16,{DEFAULT_RANK_DIVISOR}"
     if args.quick:
         args.override = ["train.max_epochs=4", *args.override]
         if args.synthetic_domains == "3,10,30":
