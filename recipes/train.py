@@ -89,6 +89,10 @@ class MloraSettings:
     rank_divisor: Optional[int] = field(default=64, metadata={"help": "Rank = max(width // rank_divisor, 1)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input (MultiDomainLoraConfig.lora_dropout)."})
     domain_bias: bool = field(default=True, metadata={"help": "Learn a bias per domain beside the low-rank term (b_d)."})
+    keep_shared_if_better: bool = field(default=False, metadata={
+        "help": "two_stage: an adapter epoch is kept only if it beats the shared stage's best validation score; if "
+                "none does, the result is the shared model with its adapters still at zero. Off: the adapter "
+                "stage's own best epoch, as in the paper."})
 
 
 @dataclass
@@ -253,6 +257,7 @@ class TrainingState:
         self.stage, self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0, 0
         self.best_score, self.waited, self.best_weights = float("-inf"), 0, {}
         self.lr_factor = 1.0  # plateau: train.lr_decay ** (epochs of this stage without improvement)
+        self.best_from_shared = False  # the best so far is the shared stage's (mlora.keep_shared_if_better)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -450,14 +455,19 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
             lr = scheduled_lr(cfg.train, state, len(train_loader) - 1, steps_per_epoch)  # the epoch's last step
             improved = end_epoch(state, score, cfg.train)
             if improved:
+                state.best_from_shared = False
                 state.best_weights = {k: v.detach().cpu().clone()
                                       for k, v in accelerator.unwrap_model(model).state_dict().items()}
             _log(accelerator, log_path, state, stage, None if loss is None else loss.item(), lr, report)
             accelerator.print(f"[{stage}] epoch {state.epoch}: validation {cfg.train.early_stopping_metric} "
                               f"{_fmt(score)}{' (best)' if improved else ''}")
-        accelerator.unwrap_model(model).load_state_dict(state.best_weights)  # the best epoch of this stage
+        accelerator.unwrap_model(model).load_state_dict(state.best_weights)  # the best epoch so far
+        if stage == "adapters" and state.best_from_shared:
+            accelerator.print("[adapters] no epoch beat the shared model on validation: keeping it, adapters at zero")
+        carry = stage == "shared" and cfg.mlora.keep_shared_if_better  # the adapters must beat the shared best
         state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
-        state.best_score, state.waited, state.lr_factor = float("-inf"), 0, 1.0
+        state.best_score = state.best_score if carry else float("-inf")
+        state.best_from_shared, state.waited, state.lr_factor = carry, 0, 1.0
         optimizer.state.clear()  # a fresh optimiser state for the next stage
 
     # -- per-domain evaluation and save

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 
 import pytest
 import torch
@@ -279,3 +280,31 @@ def test_mlora_dropout_and_domain_bias_reach_the_adapter(train, dropout, domain_
     assert any("mdlora_bias" in n for n in names) is domain_bias
     layers = [m for m in model.modules() if hasattr(m, "mdlora_dropout")]
     assert layers and all(isinstance(m.mdlora_dropout["default"], nn.Dropout) == (dropout > 0) for m in layers)
+
+
+# ---------------------------------------------------------------------------------- two-stage selection
+@pytest.mark.parametrize("keep", [False, True])
+def test_two_stage_result_is_the_best_validation_epoch_it_may_choose(train, tmp_path, keep):
+    """Off: the adapter stage's best epoch, even below the shared model. On (`mlora.keep_shared_if_better`): the
+    best epoch of both stages, here the shared one, with the saved adapters still at zero."""
+    cfg = train.load_config(TINY, [f"output_dir={tmp_path}", "mlora.mode=two_stage", "train.max_epochs=3",
+                                   "data.domain_effect=0", "mlora.r=16", "train.lr=0.1",
+                                   f"mlora.keep_shared_if_better={str(keep).lower()}"])
+    train.train(cfg, tmp_path)
+    logged = _log(tmp_path)
+    shared_best = max(r["eval/mean_auc"] for r in logged if r["stage"] == "shared")
+    adapters_best = max(r["eval/mean_auc"] for r in logged if r["stage"] == "adapters")
+    assert shared_best > adapters_best, "the adapters beat the shared model: the test would not check the choice"
+
+    sys.path.insert(0, str(ROOT / "recipes"))  # evaluate.py imports train.py as a sibling script
+    try:
+        evaluate = _load_recipe("evaluate")
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    from accelerate import Accelerator
+
+    chosen = evaluate.evaluate_run(tmp_path, "validation", Accelerator())["mean_auc"]
+    assert chosen == pytest.approx(shared_best if keep else adapters_best, abs=1e-7)
+    adapters = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    up = [v for k, v in adapters.items() if "mdlora_B" in k or "mdlora_bias" in k]
+    assert up and all(bool((v == 0).all()) == keep for v in up)
