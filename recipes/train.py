@@ -424,7 +424,7 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
                           f"step {state.step_in_epoch} of the epoch)")
 
     # -- loop
-    stages, loss_fn = STAGES[cfg.mlora.mode], nn.BCEWithLogitsLoss()
+    stages, loss_fn, kept_shared = STAGES[cfg.mlora.mode], nn.BCEWithLogitsLoss(), False
     log_path = out_dir / "log.jsonl"
     while state.stage < len(stages):
         stage = stages[state.stage]
@@ -462,7 +462,8 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
             accelerator.print(f"[{stage}] epoch {state.epoch}: validation {cfg.train.early_stopping_metric} "
                               f"{_fmt(score)}{' (best)' if improved else ''}")
         accelerator.unwrap_model(model).load_state_dict(state.best_weights)  # the best epoch so far
-        if stage == "adapters" and state.best_from_shared:
+        kept_shared = stage == "adapters" and state.best_from_shared
+        if kept_shared:
             accelerator.print("[adapters] no epoch beat the shared model on validation: keeping it, adapters at zero")
         carry = stage == "shared" and cfg.mlora.keep_shared_if_better  # the adapters must beat the shared best
         state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
@@ -476,7 +477,7 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
     unwrapped = accelerator.unwrap_model(model)
     adapters = sum(p.numel() for n, p in unwrapped.named_parameters() if "mdlora_" in n)
     results = {**report, "config": dataclasses.asdict(cfg),
-               "processes": accelerator.num_processes,
+               "processes": accelerator.num_processes, "kept_shared_model": kept_shared,
                "params": {"backbone": sum(p.numel() for p in unwrapped.parameters()) - adapters,
                           "adapters": adapters}}
     accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)

@@ -290,7 +290,8 @@ def test_two_stage_result_is_the_best_validation_epoch_it_may_choose(train, tmp_
     cfg = train.load_config(TINY, [f"output_dir={tmp_path}", "mlora.mode=two_stage", "train.max_epochs=3",
                                    "data.domain_effect=0", "mlora.r=16", "train.lr=0.1",
                                    f"mlora.keep_shared_if_better={str(keep).lower()}"])
-    train.train(cfg, tmp_path)
+    results = train.train(cfg, tmp_path)
+    assert results["kept_shared_model"] == keep
     logged = _log(tmp_path)
     shared_best = max(r["eval/mean_auc"] for r in logged if r["stage"] == "shared")
     adapters_best = max(r["eval/mean_auc"] for r in logged if r["stage"] == "adapters")
