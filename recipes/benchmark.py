@@ -77,9 +77,13 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "paper_dropout": ("model.options.dropout_placement=base_output",),
     "adapter_dropout": ("mlora.dropout=0.3",),
     "no_domain_bias": ("mlora.domain_bias=false",),
+    "keep_shared": ("mlora.keep_shared_if_better=true",),
 }
 """Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
 backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
+
+OPTION_MODES: dict[str, str] = {"keep_shared": "two_stage"}
+"""The MLoRA mode an option runs with, where it is not joint (`x+two_stage[option]`)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,9 @@ def variants(names: list[str], modes: list[str], divisors: list[int], options: t
     """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first.
 
     Each option adds the plain backbone and its joint MLoRA (default divisor) with that option,
-    named `mlp[option]` and `mlp+mlora[option]`; an option of MLoRA's settings alone (`mlora.*`)
-    adds only the latter, since the plain model would not change.
+    named `mlp[option]` and `mlp+mlora[option]` (`mlp+two_stage[option]` for an option of
+    `OPTION_MODES`); an option of MLoRA's settings alone (`mlora.*`) adds only the latter, since
+    the plain model would not change.
     """
     found = []
     for name in names:
@@ -127,7 +132,9 @@ def variants(names: list[str], modes: list[str], divisors: list[int], options: t
         for option in options:
             if not all(o.startswith("mlora.") for o in OPTIONS[option]):  # the plain model is the same without MLoRA
                 found.append(Variant(f"{name}[{option}]", name, "none", option=option))
-            found.append(Variant(f"{name}+mlora[{option}]", name, "joint", option=option))
+            mode = OPTION_MODES.get(option, "joint")
+            found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}[{option}]", name, mode,
+                                 option=option))
     return found
 
 

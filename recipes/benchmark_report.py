@@ -164,11 +164,12 @@ def per_domain_table(variants: dict[str, dict[int, dict]]) -> list[str]:
 def options_table(variants: dict[str, dict[int, dict]]) -> list[str]:
     """Each named option's paired effect on the plain and the MLoRA backbone, and MLoRA's edge with it."""
     options = sorted({r.get("option") for runs in variants.values() for r in runs.values()} - {"", None})
-    lines = ["| backbone | option | plain[opt] − plain | mlora[opt] − mlora | mlora[opt] − plain[opt] | "
+    lines = ["| backbone | option | plain[opt] − plain | mlora[opt] − mlora (same mode) | mlora[opt] − plain[opt] | "
              "validation mean AUC plain[opt] / mlora[opt] |", "|---|---|---|---|---|---|"]
     for backbone in BACKBONES:
         for option in options:
-            mlora = variants.get(f"{backbone}+mlora[{option}]")
+            kind = next((k for k in ("mlora", "two_stage") if f"{backbone}+{k}[{option}]" in variants), None)
+            mlora = variants.get(f"{backbone}+{kind}[{option}]")
             plain = variants.get(f"{backbone}[{option}]", variants.get(backbone))  # mlora.* options: the plain model
             if plain is None or mlora is None:
                 continue
@@ -176,7 +177,7 @@ def options_table(variants: dict[str, dict[int, dict]]) -> list[str]:
             own_plain = f"{backbone}[{option}]" in variants
             plain_effect = _fmt_diff(paired(plain, variants.get(backbone, {}))) if own_plain else "— (MLoRA only)"
             lines.append(f"| {backbone} | {option} | {plain_effect} | "
-                         f"{_fmt_diff(paired(mlora, variants.get(f'{backbone}+mlora', {})))} | "
+                         f"{_fmt_diff(paired(mlora, variants.get(f'{backbone}+{kind}', {})))} | "
                          f"{_fmt_diff(paired(mlora, plain))} | {valid[0]:.4f} / {valid[1]:.4f} |")
     if len(lines) == 2:
         return []

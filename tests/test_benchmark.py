@@ -109,3 +109,11 @@ def test_a_cached_run_with_other_settings_is_refused_not_reused(benchmark, tmp_p
         benchmark.main([*args, "--synthetic-rows", "700"])
     with pytest.raises(ValueError, match="overrides"):
         benchmark.main([*args, "--override", "train.lr=0.01"])
+
+
+def test_an_option_of_another_mode_runs_with_that_mode(benchmark):
+    """`keep_shared` only changes two-stage training: it adds `mlp+two_stage[keep_shared]` and no plain run."""
+    found = {v.name: v for v in benchmark.variants(["mlp"], ["joint"], [16], ("keep_shared",))}
+    assert sorted(found) == ["mlp", "mlp+mlora", "mlp+two_stage[keep_shared]"]
+    chosen = found["mlp+two_stage[keep_shared]"]
+    assert (chosen.mode, chosen.overrides) == ("two_stage", ("mlora.keep_shared_if_better=true",))
