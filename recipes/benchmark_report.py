@@ -370,31 +370,10 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
                    + "; ".join(f"{best_mlp} − {b}: {_fmt_diff(d)}" for b, d in vs.items()) + " |")
     else:
         out.append("| Amazon-6: best MLoRA beats every baseline | not measured | — |")
-    # synthetic
-    for with_effect in (True, False):
-        keys = [k for k in summaries if k.startswith("synthetic") and "@" not in k
-                and (_effect(k) > 0) == with_effect]
-        per_backbone = defaultdict(list)
-        for key in keys:
-            for backbone in BACKBONES:
-                name = f"{backbone}+mlora"
-                if name in summaries[key] and backbone in summaries[key]:
-                    per_backbone[backbone].append((key, paired(summaries[key][name], summaries[key][backbone])))
-        if with_effect:
-            ok = [b for b, ds in per_backbone.items() if all(d["wins"] == d["n"] for _, d in ds)]
-            status = ("not measured" if not per_backbone else "met" if len(ok) >= 9 else
-                      "not met" if len(ok) + (10 - len(per_backbone)) < 9 else
-                      f"not measured ({len(per_backbone)} of 10 backbones run)")
-            out.append(f"| Synthetic with a domain effect: joint MLoRA wins every seed, ≥ 9 of 10 backbones | {status} "
-                       f"({len(ok)}/{len(per_backbone)} backbones win every seed on {', '.join(keys) or '—'}) | "
-                       + "; ".join(f"{b}: " + ", ".join(f"{_fmt_diff(d)}" for _, d in ds)
-                                   for b, ds in per_backbone.items()) + " |")
-        else:
-            costs = {b: min(d["mean"] for _, d in ds) for b, ds in per_backbone.items()}
-            bad = [b for b, c in costs.items() if c < -MAX_COST_NO_EFFECT]
-            status = "not measured" if not costs else "met" if not bad else f"not met ({', '.join(bad)})"
-            out.append(f"| Synthetic without a domain effect: joint MLoRA costs ≤ {MAX_COST_NO_EFFECT} WAUC | {status} | "
-                       + "; ".join(f"{b}: worst mean Δ {c:+.4f}" for b, c in costs.items()) + " |")
+    # synthetic: judged per row count, since a domain needs enough rows for its adapters to learn
+    for rows in sorted({synthetic_setting(v)["rows"] for k, v in summaries.items() if k.startswith("synthetic")},
+                       reverse=True):
+        out += _synthetic_goals(summaries, rows)
     # parameters
     if shares:
         over = {b: s for b, s in shares.items() if s >= MAX_ADAPTER_SHARE}
@@ -419,12 +398,48 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
     return out
 
 
-def _effect(key: str) -> float:
-    return float(key.split("effect")[1].split("@")[0])
+def synthetic_setting(variants: dict[str, dict[int, dict]]) -> dict:
+    """D, domain effect, rows and batch composition of a synthetic data set, read from its runs."""
+    run = next(iter(next(iter(variants.values())).values()))
+    options = run["data_options"]
+    return {"count": options["num_domains"], "effect": options["domain_effect"], "rows": options["rows"],
+            "composition": run["composition"]}
+
+
+def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
+    """The two synthetic goal rows for the data sets of `rows` rows (mixed batches)."""
+    out = []
+    for with_effect in (True, False):
+        keys = [k for k, v in summaries.items() if k.startswith("synthetic") and "@" not in k
+                and synthetic_setting(v)["rows"] == rows and (synthetic_setting(v)["effect"] > 0) == with_effect]
+        per_backbone = defaultdict(list)
+        for key in keys:
+            for backbone in BACKBONES:
+                name = f"{backbone}+mlora"
+                if name in summaries[key] and backbone in summaries[key]:
+                    per_backbone[backbone].append((key, paired(summaries[key][name], summaries[key][backbone])))
+        at = f" ({rows:,} rows)"
+        if with_effect:
+            ok = [b for b, ds in per_backbone.items() if all(d["wins"] == d["n"] for _, d in ds)]
+            status = ("not measured" if not per_backbone else "met" if len(ok) >= 9 else
+                      "not met" if len(ok) + (10 - len(per_backbone)) < 9 else
+                      f"not measured ({len(per_backbone)} of 10 backbones run)")
+            out.append(f"| Synthetic with a domain effect{at}: joint MLoRA wins every seed, ≥ 9 of 10 backbones | "
+                       f"{status} ({len(ok)}/{len(per_backbone)} backbones win every seed on {', '.join(keys) or '—'}) | "
+                       + "; ".join(f"{b}: " + ", ".join(f"{_fmt_diff(d)}" for _, d in ds)
+                                   for b, ds in per_backbone.items()) + " |")
+        else:
+            costs = {b: min(d["mean"] for _, d in ds) for b, ds in per_backbone.items()}
+            bad = [b for b, c in costs.items() if c < -MAX_COST_NO_EFFECT]
+            status = ("not measured" if not costs else f"met ({', '.join(keys)})" if not bad
+                      else f"not met ({', '.join(bad)})")
+            out.append(f"| Synthetic without a domain effect{at}: joint MLoRA costs ≤ {MAX_COST_NO_EFFECT} WAUC | "
+                       f"{status} | " + "; ".join(f"{b}: worst mean Δ {c:+.4f}" for b, c in costs.items()) + " |")
+    return out
 
 
 def synthetic_sweep(summaries: dict) -> list[str]:
-    """Joint MLoRA minus plain, averaged over backbones, per (D, domain effect, composition)."""
+    """Joint MLoRA minus plain, averaged over backbones, per (rows, D, domain effect, composition)."""
     cells = {}
     for key, variants in summaries.items():
         if not key.startswith("synthetic"):
@@ -432,14 +447,14 @@ def synthetic_sweep(summaries: dict) -> list[str]:
         diffs = [paired(variants[f"{b}+mlora"], variants[b]) for b in BACKBONES
                  if f"{b}+mlora" in variants and b in variants]
         if diffs:
-            count = int(key.split("-D")[1].split("-")[0])
-            cells[(count, _effect(key), key.split("@")[1] if "@" in key else "mixed")] = diffs
+            setting = synthetic_setting(variants)
+            cells[(setting["rows"], setting["count"], setting["effect"], setting["composition"])] = diffs
     if not cells:
         return []
-    lines = ["| D | domain effect | batches | backbones | mean paired Δ WAUC over backbones | backbones winning every seed "
-             "| backbones losing every seed |", "|---|---|---|---|---|---|---|"]
-    for (count, effect, composition), diffs in sorted(cells.items()):
-        lines.append(f"| {count} | {effect:g} | {composition} | {len(diffs)} | "
+    lines = ["| rows | D | domain effect | batches | backbones | mean paired Δ WAUC over backbones "
+             "| backbones winning every seed | backbones losing every seed |", "|---|---|---|---|---|---|---|---|"]
+    for (rows, count, effect, composition), diffs in sorted(cells.items()):
+        lines.append(f"| {rows:,} | {count} | {effect:g} | {composition} | {len(diffs)} | "
                      f"{statistics.fmean(d['mean'] for d in diffs):+.4f} | "
                      f"{sum(d['wins'] == d['n'] for d in diffs)} | {sum(d['wins'] == 0 for d in diffs)} |")
     return lines
@@ -544,7 +559,7 @@ def write_page(cache: Path, page: Path) -> Path:
         "",
         "## Goals", "", *goals(summaries, shares, steps), "",
         "## When does MLoRA help?", "",
-        "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by number of domains and strength "
+        "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by rows, number of domains and strength "
         "of the domain-specific effect:", "", *synthetic_sweep(summaries), "",
         *([f"![paired gains per backbone and data set](images/benchmark_summary.png)", ""]
           if plot_summary(summaries, images / "benchmark_summary.png") else []),

@@ -66,11 +66,11 @@ def test_quick_run_caches_continues_and_writes_the_page_from_the_cache(benchmark
 
     text = page.read_text()
     assert "do not edit by hand" in text and "## Goals" in text
-    for key in ("synthetic-D3-effect0", "synthetic-D3-effect1"):
+    for key in ("synthetic-D3-effect0-0.6k", "synthetic-D3-effect1-0.6k"):
         assert f"## {key}" in text
         assert (page.parent / "images" / f"benchmark_{key}.png").exists()
 
-    runs = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "synthetic-D3-effect1" / "mlp").glob("*/summary.json")]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "synthetic-D3-effect1-0.6k" / "mlp").glob("*/summary.json")]
     expected = sum(r["test"]["wauc"] for r in runs) / len(runs)
     assert f"| mlp | 1 | {expected:.4f} ±" in text
 
@@ -87,7 +87,7 @@ def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_p
     monkeypatch.setitem(benchmark.OPTIONS, "slow_lr", ("train.lr=0.0003",))
     args = [*_tiny_args(tmp_path), "--data", "synthetic-D3-effect1", "--options", "slow_lr"]
     page = benchmark.main(args)
-    cache = tmp_path / "cache" / "synthetic-D3-effect1"
+    cache = tmp_path / "cache" / "synthetic-D3-effect1-0.6k"
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["mlp", "mlp+mlora", "mlp+mlora[slow_lr]",
                                                                       "mlp[slow_lr]"]
     runs = {p.parent.parent.name: json.loads(p.read_text()) for p in cache.glob("*/seed0/summary.json")}
@@ -105,10 +105,29 @@ def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_p
 def test_a_cached_run_with_other_settings_is_refused_not_reused(benchmark, tmp_path):
     args = [*_tiny_args(tmp_path), "--data", "synthetic-D3-effect1"]
     benchmark.main(args)
-    with pytest.raises(ValueError, match="other settings.*rows"):
-        benchmark.main([*args, "--synthetic-rows", "700"])
-    with pytest.raises(ValueError, match="overrides"):
+    with pytest.raises(ValueError, match="other settings.*overrides"):
         benchmark.main([*args, "--override", "train.lr=0.01"])
+    summary = tmp_path / "cache" / "synthetic-D3-effect1-0.6k" / "mlp" / "seed0" / "summary.json"
+    edited = json.loads(summary.read_text())
+    edited["data_options"]["domain_effect"] = 0.5  # as if the folder held a run of other data
+    summary.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="other settings.*data options"):
+        benchmark.main(args)
+
+
+def test_other_row_counts_are_data_sets_of_their_own_with_goals_of_their_own(benchmark, tmp_path):
+    args = [*_tiny_args(tmp_path), "--data", "synthetic-D3"]
+    benchmark.main([*args, "--synthetic-effects", "1"])
+    page = benchmark.main([*args, "--synthetic-effects", "1", "--synthetic-rows", "700"])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == [
+        "synthetic-D3-effect1-0.6k", "synthetic-D3-effect1-0.7k"]
+    text = page.read_text()
+    goal_rows = [line for line in text.splitlines() if line.startswith("| Synthetic with a domain effect")]
+    assert [row.split(":")[0] for row in goal_rows] == ["| Synthetic with a domain effect (700 rows)",
+                                                        "| Synthetic with a domain effect (600 rows)"]
+    assert "synthetic-D3-effect1-0.7k" in goal_rows[0] and "synthetic-D3-effect1-0.6k" in goal_rows[1]
+    sweep = [line for line in text.splitlines() if line.startswith(("| 600 | 3 | 1 |", "| 700 | 3 | 1 |"))]
+    assert len(sweep) == 2
 
 
 def test_an_option_of_another_mode_runs_with_that_mode(benchmark):
