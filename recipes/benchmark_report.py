@@ -507,10 +507,9 @@ def when_it_helps(summaries: dict) -> list[str]:
         if joint_two:
             lines.append("  Two-stage (shared backbone, then adapters): " +
                          "; ".join(f"{b} {_fmt_diff(d)}" for b, d in joint_two) + ".")
-        if not key.startswith("synthetic"):
-            story = domain_size_story(key, variants)
-            if story:
-                lines.append(story)
+        story = domain_size_story(key, variants)
+        if story:
+            lines.append(story)
     if lines:
         lines += ["", "Read these with care: with 3–5 seeds, a paired mean smaller than about twice its std (shown "
                       "beside it in the tables) is not distinguishable from zero, and wins out of seeds is the more "
