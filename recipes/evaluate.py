@@ -62,6 +62,8 @@ def main() -> None:
     report = evaluate_run(args.run_dir, args.split, accelerator)
     baseline = evaluate_run(args.baseline, args.split, accelerator) if args.baseline else None
     accelerator.print(gain_table(report, baseline, baseline_name="baseline"))
+    accelerator.wait_for_everyone()
+    accelerator.state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 
 
 if __name__ == "__main__":
