@@ -409,9 +409,9 @@ def synthetic_setting(variants: dict[str, dict[int, dict]]) -> dict:
 def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
     """The two synthetic goal rows for the data sets of `rows` rows (mixed batches)."""
     out = []
+    settings = {k: synthetic_setting(v) for k, v in summaries.items() if k.startswith("synthetic") and "@" not in k}
     for with_effect in (True, False):
-        keys = [k for k, v in summaries.items() if k.startswith("synthetic") and "@" not in k
-                and synthetic_setting(v)["rows"] == rows and (synthetic_setting(v)["effect"] > 0) == with_effect]
+        keys = [k for k, s in settings.items() if s["rows"] == rows and (s["effect"] > 0) == with_effect]
         per_backbone = defaultdict(list)
         for key in keys:
             for backbone in BACKBONES:
