@@ -7,6 +7,7 @@ at the batch: the model hands it the rows grouped by domain (`set_routing`) befo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, Optional
@@ -155,15 +156,16 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     def _adapter_forward(self, x: Tensor, name: str, segments: DomainSegments) -> Tensor:
         device_type = x.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         base = self.base_layer
         tensors = [base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name)]
-        weight, bias, A, B, domain_bias = [t.to(dtype) if t is not None else None for t in tensors]
-        x = x.to(dtype)
+        weight, bias, A, B, domain_bias = [_cast(t, dtype) for t in tensors]
+        x = _cast(x, dtype)
         dropout = self.mdlora_dropout[name]
         adapter_input = dropout(x) if self.training and isinstance(dropout, nn.Dropout) else None
         output_dropout = self._active_output_dropout()
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
             if output_dropout is None:
                 return routed_linear(x, weight, bias, A, B, domain_bias, segments, self.scaling[name], adapter_input)
             low_rank = routed_linear(x, None, None, A, B, domain_bias, segments, self.scaling[name], adapter_input)
@@ -266,6 +268,11 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "mdlora." + super().__repr__()
+
+
+def _cast(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """`tensor` in `dtype` (None stays None); no call at all when it already is, which saves time per step."""
+    return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _repeat_segments(segments: DomainSegments, rows: int, num_domains: int) -> DomainSegments:

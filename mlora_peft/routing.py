@@ -90,7 +90,7 @@ def to_domain_tensor(
         raise ValueError(f"Domain ids must have shape (N,) or (N, 1), got {tuple(ids.shape)}.")
     ids = ids.to(device=device, dtype=torch.long)
     if ids.numel():
-        low, high = int(ids.min()), int(ids.max())
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one wait for the device, not two
         if low < 0 or high >= num_domains:
             bad = low if low < 0 else high
             raise ValueError(

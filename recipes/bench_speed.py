@@ -1,6 +1,6 @@
 """Speed of MLoRA for the benchmark page: routed layers, full training steps, the data path, a scale run.
 
-    python recipes/bench_speed.py --out runs/benchmark/speed [--quick] [--scale-rows 10000000]
+    python recipes/bench_speed.py --out runs/benchmark/speed [--quick] [--scale-rows 10000000] [--step-batch 1024]
 
 Writes routing.json (ratios from `recipes/bench_routing.py`), steps.json (one Adam step of each
 backbone with MLoRA over the same step without it, mixed batches, D = 2, 10, 100), data.json
@@ -78,13 +78,14 @@ def _adam_step(model: nn.Module, batch: dict) -> Callable[[], None]:
     return step
 
 
-def step_ratio(name: str, num_domains: int, rounds: int, steps: int, device: str = "cpu") -> tuple[float, float]:
-    """Plain step milliseconds and the median MLoRA / plain ratio over paired rounds."""
+def step_ratio(name: str, num_domains: int, rounds: int, steps: int, device: str = "cpu",
+               rows: int = STEP_BATCH) -> tuple[float, float]:
+    """Plain step milliseconds and the median MLoRA / plain ratio over paired rounds, on batches of `rows`."""
     torch.manual_seed(0)
     features = _step_features(num_domains)
-    batch = {"user": torch.randint(0, STEP_VOCAB, (STEP_BATCH,)), "item": torch.randint(0, STEP_VOCAB, (STEP_BATCH,)),
-             "price": torch.rand(STEP_BATCH), "domain_id": torch.randint(0, num_domains, (STEP_BATCH,)),
-             "label": (torch.rand(STEP_BATCH) < 0.2).float()}
+    batch = {"user": torch.randint(0, STEP_VOCAB, (rows,)), "item": torch.randint(0, STEP_VOCAB, (rows,)),
+             "price": torch.rand(rows), "domain_id": torch.randint(0, num_domains, (rows,)),
+             "label": (torch.rand(rows) < 0.2).float()}
     batch = {k: v.to(device) for k, v in batch.items()}
     plain = _adam_step(models.build_model(name, features).to(device), batch)
     config = mlora_peft.MultiDomainLoraConfig(domain_names=[f"d{i}" for i in range(num_domains)],
@@ -121,22 +122,22 @@ def _where(device: str) -> str:
     return f"on the CPU, {torch.get_num_threads()} thread(s)"
 
 
-def step_ratios(quick: bool, device: str = "cpu") -> dict:
+def step_ratios(quick: bool, device: str = "cpu", batch: int = STEP_BATCH) -> dict:
     rounds, steps = (3, 2) if quick else (15, 10)
     rows = {}
     for name in models.list_models("backbones"):
         rows[name] = {"ratio": {}}
         for num_domains in STEP_DOMAINS:
-            plain_ms, ratio = step_ratio(name, num_domains, rounds, steps, device)
+            plain_ms, ratio = step_ratio(name, num_domains, rounds, steps, device, batch)
             rows[name]["ratio"][str(num_domains)] = ratio
             rows[name].setdefault("plain_ms", plain_ms)
     note = (f"Forward, backward and Adam update of the whole model (embeddings included) on a mixed batch of "
-            f"{STEP_BATCH} rows (user and item ids with {STEP_VOCAB:,} ids each, one dense column, the domain id; "
+            f"{batch:,} rows (user and item ids with {STEP_VOCAB:,} ids each, one dense column, the domain id; "
             f"default widths), MLoRA at rank divisor {DEFAULT_RANK_DIVISOR} on the model's default placement, "
             "relative to the same "
             f"step without MLoRA; median of {rounds} paired rounds of {steps} steps, "
             f"{_where(device)}. plain ms is at D = {STEP_DOMAINS[0]}.")
-    return {"device": device, "note": note, "domain_counts": list(STEP_DOMAINS), "rows": rows}
+    return {"device": device, "batch": batch, "note": note, "domain_counts": list(STEP_DOMAINS), "rows": rows}
 
 
 # ---------------------------------------------------------------------------------- data path
@@ -196,17 +197,19 @@ def scale_child(rows: int, out: Path, device: str = "cpu", num_domains: int = 10
 
 
 def run_speed(out_dir: Path, quick: bool, scale_rows: Optional[int] = None, device: str = "cpu",
-              parts: tuple[str, ...] = ("routing", "steps", "data", "scale")) -> None:
+              parts: tuple[str, ...] = ("routing", "steps", "data", "scale"), step_batch: int = STEP_BATCH) -> None:
     """The speed measurements `parts` into `out_dir`, skipping files that exist (delete one to rerun it).
 
-    Files measured off the CPU get the device as a suffix (steps_cuda.json, scale_cuda.json).
+    Files measured off the CPU get the device as a suffix (steps_cuda.json, scale_cuda.json); steps
+    on batches of another size than `STEP_BATCH` get it too (steps_cuda_batch16384.json).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if device == "cpu" else "_" + device.split(":")[0]
-    measures = {"routing": lambda: routing_ratios(quick), "steps": lambda: step_ratios(quick, device),
+    measures = {"routing": lambda: routing_ratios(quick), "steps": lambda: step_ratios(quick, device, step_batch),
                 "data": lambda: data_rates(quick)}
+    steps_name = "steps" + suffix + ("" if step_batch == STEP_BATCH else f"_batch{step_batch}")
     for name in [p for p in parts if p in measures]:
-        path = out_dir / f"{name}{suffix if name == 'steps' else ''}.json"
+        path = out_dir / f"{steps_name if name == 'steps' else name}.json"
         if not path.exists():
             path.write_text(json.dumps(measures[name](), indent=2))
             print(f"speed: wrote {path}", flush=True)
@@ -227,9 +230,11 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (steps and the scale run)")
     parser.add_argument("--parts", default="routing,steps,data,scale", help="which measurements to run")
+    parser.add_argument("--step-batch", type=int, default=STEP_BATCH,
+                        help=f"rows per batch of the training-step ratios (the goal is judged at {STEP_BATCH})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scale_child is not None:
         scale_child(args.scale_child, args.out, args.device)
     else:
-        run_speed(args.out, args.quick, args.scale_rows, args.device, tuple(args.parts.split(",")))
+        run_speed(args.out, args.quick, args.scale_rows, args.device, tuple(args.parts.split(",")), args.step_batch)

@@ -30,6 +30,7 @@ from mlora_peft.config import DEFAULT_RANK_DIVISOR  # noqa: E402
 BACKBONES = models.list_models("backbones")
 BASELINES = models.list_models("baselines")
 MIN_GAIN_AMAZON, MAX_COST_NO_EFFECT, MAX_ADAPTER_SHARE, MAX_STEP_RATIO = 0.005, 0.001, 0.10, 1.15
+GOAL_STEP_BATCH = 1024  # the batch size at which the step-ratio goal is judged (the paper's)
 
 
 # ---------------------------------------------------------------------------------- reading the cache
@@ -285,7 +286,7 @@ def parameter_section(cache: Path) -> tuple[list[str], Optional[dict]]:
 
 
 def speed_section(speed_dir: Path) -> tuple[list[str], dict]:
-    """Speed tables; returns them and the step ratios per device."""
+    """Speed tables; returns them and the step ratios measured at `GOAL_STEP_BATCH` rows, per device."""
     lines: list[str] = []
     routing = _read(speed_dir / "routing.json")
     if routing:
@@ -298,9 +299,11 @@ def speed_section(speed_dir: Path) -> tuple[list[str], dict]:
     steps = {}
     for path in sorted(speed_dir.glob("steps*.json")):
         found = _read(path)
-        steps[found.get("device", "cpu")] = found
+        batch = found.get("batch", GOAL_STEP_BATCH)
+        if batch == GOAL_STEP_BATCH:
+            steps[found.get("device", "cpu")] = found
         counts = found["domain_counts"]
-        lines += [f"### One full training step, MLoRA / plain, {found.get('device', 'cpu')} "
+        lines += [f"### One full training step, MLoRA / plain, {found.get('device', 'cpu')}, batch {batch:,} "
                   "(`recipes/bench_speed.py`)", "", found["note"], "",
                   "| backbone | plain ms | " + " | ".join(f"D={d}" for d in counts) + " |",
                   "|---|---|" + "---|" * len(counts)]
@@ -386,8 +389,8 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
     measured = {device: found["rows"]["deepfm"]["ratio"] for device, found in steps.items() if "deepfm" in found["rows"]}
     if measured:
         worst = max(max(r.values()) for r in measured.values())
-        out.append(f"| A full MLoRA-DeepFM training step ≤ {MAX_STEP_RATIO}x the plain step | "
-                   f"{'met' if worst <= MAX_STEP_RATIO else 'not met'} | "
+        out.append(f"| A full MLoRA-DeepFM training step ≤ {MAX_STEP_RATIO}x the plain step (batch "
+                   f"{GOAL_STEP_BATCH:,}) | {'met' if worst <= MAX_STEP_RATIO else 'not met'} | "
                    + "; ".join(f"{device}: " + ", ".join(f"D={d}: {r:.2f}x" for d, r in ratios.items())
                                for device, ratios in measured.items()) + " |")
     else:

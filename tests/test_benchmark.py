@@ -136,3 +136,20 @@ def test_an_option_of_another_mode_runs_with_that_mode(benchmark):
     assert sorted(found) == ["mlp", "mlp+mlora", "mlp+two_stage[keep_shared]"]
     chosen = found["mlp+two_stage[keep_shared]"]
     assert (chosen.mode, chosen.overrides) == ("two_stage", ("mlora.keep_shared_if_better=true",))
+
+
+def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_beside_it(tmp_path):
+    report = _load_recipe("benchmark_report")
+
+    def steps(batch, deepfm_ratio):
+        return {"device": "cuda", "batch": batch, "note": f"batch {batch}", "domain_counts": [2],
+                "rows": {"deepfm": {"plain_ms": 2.0, "ratio": {"2": deepfm_ratio}}}}
+
+    (tmp_path / "steps_cuda.json").write_text(json.dumps(steps(1024, 1.9)))
+    (tmp_path / "steps_cuda_batch65536.json").write_text(json.dumps(steps(65536, 1.1)))
+    lines, judged = report.speed_section(tmp_path)
+    assert [line for line in lines if line.startswith("### One full")] == [
+        "### One full training step, MLoRA / plain, cuda, batch 1,024 (`recipes/bench_speed.py`)",
+        "### One full training step, MLoRA / plain, cuda, batch 65,536 (`recipes/bench_speed.py`)"]
+    goal = [row for row in report.goals({}, None, judged) if "DeepFM" in row][0]
+    assert "| not met |" in goal and "1.90x" in goal and "1.10x" not in goal

@@ -14,6 +14,7 @@ CASES = [  # (rows, in, out, rank, domains, ids pattern)
     (1, 3, 2, 1, 2, "mixed"),
     (64, 6, 5, 2, 10, "skewed"),  # one domain holds most rows: it spans several blocks
     (90, 4, 3, 2, 300, "mixed"),  # more domains than rows
+    (2100, 3, 2, 2, 2, "mixed"),  # blocks of over 1,024 rows: padded to 256-row chunks, weight gradients split
 ]
 
 
