@@ -38,6 +38,7 @@ from mlora_peft.config import DEFAULT_RANK_DIVISOR
 from mlora_peft import models
 from mlora_peft.data import MultiDomainData
 from mlora_peft.features import SparseFeature
+from mlora_peft.metrics import domain_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT.parent / "shared" / "data"
@@ -82,6 +83,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "adapter_dropout": ("mlora.dropout=0.3",),
     "no_domain_bias": ("mlora.domain_bias=false",),
     "keep_shared": ("mlora.keep_shared_if_better=true",),
+    "dropout_0.1": ("model.dropout=0.1",),
+    "no_dropout": ("model.dropout=0",),
 }
 """Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
 backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
@@ -237,6 +240,45 @@ def parameter_counts(data: MultiDomainData, embedding_dim: int, divisors: tuple[
              "without_embeddings": row.model.without_embeddings, "num_domains": row.num_domains,
              "adapter_per_domain": {str(d): tables[d][i].adapter_per_domain for d in divisors}}
             for i, row in enumerate(tables[divisors[0]])]
+
+
+def write_oracles(cache: Path) -> None:
+    """`<cache>/<synthetic data key>/oracle.json`: per seed, the test metrics of the generator's own click probability.
+
+    It is the best any model can do on that split. Seeds and settings are read from the cached
+    runs; a seed already in the file is not computed again.
+    """
+    for folder in sorted(cache.glob("synthetic*")):
+        summaries = [json.loads(p.read_text()) for p in sorted(folder.glob("*/seed*/summary.json"))]
+        if not summaries or "data_options" not in summaries[0]:
+            continue
+        path = folder / "oracle.json"
+        found = json.loads(path.read_text()) if path.exists() else {}
+        missing = sorted({s["seed"] for s in summaries} - {int(seed) for seed in found})
+        for seed in missing:
+            found[str(seed)] = synthetic_oracle(summaries[0]["data_options"], seed)
+        if missing:
+            train_recipe.write_json_atomic(path, dict(sorted(found.items(), key=lambda item: int(item[0]))))
+
+
+def synthetic_oracle(options: dict, seed: int) -> dict:
+    """Test WAUC, mean AUC and per-domain AUC of the generator's click probability on the benchmark's split."""
+    data = synthetic_with_oracle(options, seed)
+    test = data.splits["test"]
+    report = domain_report(*(np.asarray(test[c]) for c in ("label", "oracle", "domain_id")), data.domain_names)
+    return {"wauc": report["wauc"], "mean_auc": report["mean_auc"],
+            "per_domain": {name: {"auc": v["auc"]} for name, v in report["per_domain"].items()}}
+
+
+def synthetic_with_oracle(options: dict, seed: int) -> MultiDomainData:
+    """The rows and split of `make_synthetic` for these options and seed, with raw `price` and an `oracle` column."""
+    settings = dict(num_domains=options["num_domains"], domain_effect=options["domain_effect"], seed=seed)
+    table = data_lib.synthetic_table(rows=options["rows"], imbalance=options["imbalance"], **settings)
+    table = table.append_column("oracle", pa.array(data_lib.synthetic_click_probability(table, **settings)))
+    present = sorted(set(table.column("domain").to_pylist()))
+    return data_lib.load_multidomain(table, label="label", domain="domain", sparse=["user"], dense=["price", "oracle"],
+                                     normalize="none", seed=seed, domain_order=present,
+                                     domain_names=[f"domain_{d}" for d in present])
 
 
 def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCache) -> None:
@@ -435,6 +477,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
         if args.speed != "skip":
             load_recipe("bench_speed").run_speed(args.cache / "speed", quick=args.speed == "quick",
                                                  scale_rows=args.scale_rows)
+    write_oracles(args.cache)
     return report.write_page(args.cache, args.page)
 
 

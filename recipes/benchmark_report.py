@@ -441,26 +441,53 @@ def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
     return out
 
 
-def synthetic_sweep(summaries: dict) -> list[str]:
-    """Joint MLoRA minus plain, averaged over backbones, per (rows, D, domain effect, composition)."""
+def synthetic_sweep(summaries: dict, oracles: dict) -> list[str]:
+    """Joint MLoRA minus plain, averaged over backbones, per (rows, D, domain effect, composition).
+
+    Beside it, the plain backbones' mean test WAUC and the generator's own (oracle) WAUC, and the
+    share of the gap between them that MLoRA closes.
+    """
     cells = {}
     for key, variants in summaries.items():
         if not key.startswith("synthetic"):
             continue
-        diffs = [paired(variants[f"{b}+mlora"], variants[b]) for b in BACKBONES
-                 if f"{b}+mlora" in variants and b in variants]
-        if diffs:
+        backbones = [b for b in BACKBONES if f"{b}+mlora" in variants and b in variants]
+        if backbones:
             setting = synthetic_setting(variants)
-            cells[(setting["rows"], setting["count"], setting["effect"], setting["composition"])] = diffs
+            diffs = [paired(variants[f"{b}+mlora"], variants[b]) for b in backbones]
+            plain = statistics.fmean(statistics.fmean(r["test"]["wauc"] for r in variants[b].values())
+                                     for b in backbones)
+            oracle = [o["wauc"] for o in oracles.get(key, {}).values()]
+            cells[(setting["rows"], setting["count"], setting["effect"], setting["composition"])] = \
+                (diffs, plain, statistics.fmean(oracle) if oracle else None)
     if not cells:
         return []
     lines = ["| rows | D | domain effect | batches | backbones | mean paired Δ WAUC over backbones "
-             "| backbones winning every seed | backbones losing every seed |", "|---|---|---|---|---|---|---|---|"]
-    for (rows, count, effect, composition), diffs in sorted(cells.items()):
-        lines.append(f"| {rows:,} | {count} | {effect:g} | {composition} | {len(diffs)} | "
-                     f"{statistics.fmean(d['mean'] for d in diffs):+.4f} | "
-                     f"{sum(d['wins'] == d['n'] for d in diffs)} | {sum(d['wins'] == 0 for d in diffs)} |")
+             "| backbones winning every seed | backbones losing every seed | plain WAUC | oracle WAUC "
+             "| share of the gap closed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (rows, count, effect, composition), (diffs, plain, oracle) in sorted(cells.items()):
+        gain = statistics.fmean(d["mean"] for d in diffs)
+        closed = "—" if oracle is None else f"{gain / (oracle - plain):+.0%}"
+        lines.append(f"| {rows:,} | {count} | {effect:g} | {composition} | {len(diffs)} | {gain:+.4f} | "
+                     f"{sum(d['wins'] == d['n'] for d in diffs)} | {sum(d['wins'] == 0 for d in diffs)} | "
+                     f"{plain:.4f} | {'—' if oracle is None else f'{oracle:.4f}'} | {closed} |")
     return lines
+
+
+def oracle_line(key: str, oracles: dict) -> list[str]:
+    """A data set's ceiling: the test WAUC of the generator's own click probability (synthetic data only)."""
+    found = oracles.get(key)
+    if not found:
+        return []
+    wauc = mean_std([o["wauc"] for o in found.values()])
+    return [f"The generator's own click probability (the oracle, `synthetic_click_probability`) scores test WAUC "
+            f"{wauc[0]:.4f} ± {wauc[1]:.4f} on seeds {sorted(int(s) for s in found)}: no model can do better "
+            "in expectation.", ""]
+
+
+def load_oracles(cache: Path) -> dict[str, dict[str, dict]]:
+    """synthetic data key -> seed -> the oracle's test metrics (`recipes/benchmark.py` writes them)."""
+    return {path.parent.name: json.loads(path.read_text()) for path in sorted(cache.glob("*/oracle.json"))}
 
 
 def domain_size_story(key: str, variants: dict) -> Optional[str]:
@@ -524,7 +551,7 @@ def when_it_helps(summaries: dict) -> list[str]:
 # ---------------------------------------------------------------------------------- the page
 def write_page(cache: Path, page: Path) -> Path:
     """Write `page` and its images (in `page.parent / "images"`) from the cache."""
-    summaries = load_summaries(cache)
+    summaries, oracles = load_summaries(cache), load_oracles(cache)
     images = page.parent / "images"
     commands = [json.loads(line) for line in (cache / "commands.jsonl").read_text().splitlines()] \
         if (cache / "commands.jsonl").exists() else []
@@ -562,7 +589,9 @@ def write_page(cache: Path, page: Path) -> Path:
         "## Goals", "", *goals(summaries, shares, steps), "",
         "## When does MLoRA help?", "",
         "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by rows, number of domains and strength "
-        "of the domain-specific effect:", "", *synthetic_sweep(summaries), "",
+        "of the domain-specific effect. Plain WAUC is the plain backbones' mean; the oracle is the generator's own "
+        "click probability, the best any model can do; the share of the gap closed is the MLoRA gain over "
+        "(oracle − plain):", "", *synthetic_sweep(summaries, oracles), "",
         *([f"![paired gains per backbone and data set](images/benchmark_summary.png)", ""]
           if plot_summary(summaries, images / "benchmark_summary.png") else []),
         "Per data set (the best MLoRA config of each backbone, chosen on validation):", "",
@@ -575,7 +604,7 @@ def write_page(cache: Path, page: Path) -> Path:
         seeds = sorted({s for runs in variants.values() for s in runs})
         option_lines = options_table(variants)
         lines += [f"## {key}", "", f"Seeds {seeds}. Paired differences: mean ± std over seeds (wins / seeds).", "",
-                  *results_table(variants), "",
+                  *results_table(variants), "", *oracle_line(key, oracles),
                   *(["Training options (`x[option]`, see `OPTIONS` in recipes/benchmark.py), paired:", "",
                      *option_lines, ""] if option_lines else []),
                   f"![paired gains on {key}](images/{image.name})", "",

@@ -5,7 +5,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from mlora_peft.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +156,35 @@ def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_besid
         "### One full training step, MLoRA / plain, cuda, batch 65,536 (`recipes/bench_speed.py`)"]
     goal = [row for row in report.goals({}, None, judged) if "DeepFM" in row][0]
     assert "| not met |" in goal and "1.90x" in goal and "1.10x" not in goal
+
+
+def test_the_synthetic_oracle_scores_the_very_test_rows_the_models_are_scored_on(benchmark):
+    from mlora_peft.data import make_synthetic
+
+    options = {"num_domains": 3, "rows": 3000, "domain_effect": 1.0, "imbalance": 2.0}
+    trained_on = make_synthetic(num_domains=3, rows=3000, domain_effect=1.0, imbalance=2.0, seed=4).splits["test"]
+    with_oracle = benchmark.synthetic_with_oracle(options, seed=4).splits["test"]
+    for column in ("label", "domain_id"):
+        assert np.array_equal(np.asarray(trained_on[column]), np.asarray(with_oracle[column]))
+    standardised, raw = np.asarray(trained_on["price"]), np.asarray(with_oracle["price"])
+    assert np.corrcoef(standardised, raw)[0, 1] > 0.999999  # the same rows, in the same order
+    oracle = benchmark.synthetic_oracle(options, seed=4)
+    by_hand = [roc_auc(np.asarray(with_oracle["label"])[mask], np.asarray(with_oracle["oracle"])[mask])
+               for mask in (np.asarray(with_oracle["domain_id"]) == d for d in range(3))]
+    sizes = np.bincount(np.asarray(with_oracle["domain_id"]), minlength=3)
+    assert oracle["wauc"] == pytest.approx(float(np.dot(by_hand, sizes) / sizes.sum()))
+
+
+def test_oracles_are_written_for_the_cached_synthetic_seeds_only_once(benchmark, tmp_path, monkeypatch):
+    options = {"num_domains": 3, "rows": 600, "domain_effect": 1.0, "imbalance": 1.0}
+    for seed in (0, 2):
+        run = tmp_path / "synthetic-D3-effect1-0.6k" / "mlp" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"seed": seed, "data_options": options}))
+    computed = []
+    monkeypatch.setattr(benchmark, "synthetic_oracle", lambda o, seed: computed.append(seed) or {"wauc": 0.9})
+    benchmark.write_oracles(tmp_path)
+    benchmark.write_oracles(tmp_path)
+    assert computed == [0, 2]
+    assert json.loads((tmp_path / "synthetic-D3-effect1-0.6k" / "oracle.json").read_text()) == {
+        "0": {"wauc": 0.9}, "2": {"wauc": 0.9}}

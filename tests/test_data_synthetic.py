@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mlora_peft.data import make_synthetic, stream_synthetic, synthetic_table
+from mlora_peft.data import make_synthetic, stream_synthetic, synthetic_click_probability, synthetic_table
+from mlora_peft.metrics import roc_auc
 
 COLUMNS = ["user", "item", "price", "domain_id", "label"]
 SETTINGS = dict(num_domains=4, rows=4000, imbalance=1.5, domain_effect=2.0, seed=3)
@@ -44,3 +45,16 @@ def test_stream_is_chunked_reproducible_and_uses_the_same_model():
     streamed = np.concatenate([c.column("label").to_numpy() for c in chunks]).mean()
     in_memory = synthetic_table(num_domains=3, rows=25_000, seed=2).column("label").to_numpy().mean()
     assert abs(streamed - in_memory) < 0.02  # same parameters, different row draws
+
+
+def test_click_probability_is_the_generators_own_and_calibrated_on_fresh_rows():
+    table = synthetic_table(num_domains=4, rows=200_000, domain_effect=1.0, seed=5)
+    probability = synthetic_click_probability(table, num_domains=4, domain_effect=1.0, seed=5)
+    labels = table.column("label").to_numpy()
+    bins = np.quantile(probability, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(bins, probability, side="right") - 1, 0, 9)
+    for b in range(10):  # 20,000 rows a bin: the click rate matches the mean probability within ~4 standard errors
+        assert abs(labels[which == b].mean() - probability[which == b].mean()) < 0.015
+    other_seed = synthetic_click_probability(table, num_domains=4, domain_effect=1.0, seed=6)
+    no_effect = synthetic_click_probability(table, num_domains=4, domain_effect=0.0, seed=5)
+    assert roc_auc(labels, probability) > max(roc_auc(labels, other_seed), roc_auc(labels, no_effect)) + 0.05

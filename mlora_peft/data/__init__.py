@@ -10,7 +10,7 @@
     data.save_encoder("mlora-adapter")   # JSON next to the adapters; MultiDomainEncoder.load(...) later
 
 Real data sets: `load_movielens`, `load_amazon`, `load_taobao`, `load_ali_ccp`, `load_kuairand`,
-`load_douban`, `load_aliexpress`; synthetic: `make_synthetic`, `stream_synthetic`.
+`load_douban`, `load_aliexpress`; synthetic: `make_synthetic`, `stream_synthetic`, `synthetic_click_probability`.
 """
 
 from .ali_ccp import load_ali_ccp
@@ -27,7 +27,7 @@ from .negatives import sample_negatives, with_sampled_negatives
 from .sources import read_source
 from .splits import TimeSplit, stratified_parts, time_parts
 from .streaming import StreamingBatches
-from .synthetic import make_synthetic, stream_synthetic, synthetic_table
+from .synthetic import make_synthetic, stream_synthetic, synthetic_click_probability, synthetic_table
 from .table_encoder import ENCODER_FILE, MultiDomainEncoder
 from .taobao import load_taobao, taobao_interactions
 
@@ -62,6 +62,7 @@ __all__ = [
     "sample_negatives",
     "stratified_parts",
     "stream_synthetic",
+    "synthetic_click_probability",
     "synthetic_table",
     "taobao_interactions",
     "time_parts",

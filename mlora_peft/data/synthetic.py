@@ -8,7 +8,8 @@ and offset). Domain d's share of rows is proportional to `imbalance ** -d`.
 
 `make_synthetic` returns split and encoded data (small by default: the embedded example data
 set); `stream_synthetic` yields raw chunks of the same model for scale tests with tens of
-millions of rows, without holding them in memory.
+millions of rows, without holding them in memory; `synthetic_click_probability` gives the
+generator's own click probability of any such rows, the ceiling a model can reach.
 """
 
 from __future__ import annotations
@@ -168,13 +169,49 @@ def _draw_rows(rng: np.random.Generator, model: _Model, rows: int, domain_effect
     user = rng.integers(0, users, size=rows)
     item = rng.integers(0, items, size=rows)
     price = rng.random(rows).astype(np.float32)
+    label = (rng.random(rows) < _click_probability(model, user, item, price, domain, domain_effect)).astype(np.float32)
+    return pa.table({"user": user, "item": item, "price": price, "domain": domain, "label": label})
+
+
+def _click_probability(model: _Model, user: np.ndarray, item: np.ndarray, price: np.ndarray, domain: np.ndarray,
+                       domain_effect: float) -> np.ndarray:
     shared = (model.user_bias[user] + model.item_bias[item] + (model.user_vec[user] * model.item_vec[item]).sum(1)
               - price)
     specific = (model.domain_user[domain, user] + model.domain_item[domain, item]
                 + model.domain_price[domain] * (price - 0.5))
     logit = shared + domain_effect * (specific + model.domain_offset[domain]) - 1.0
-    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return pa.table({"user": user, "item": item, "price": price, "domain": domain, "label": label})
+    return 1 / (1 + np.exp(-logit))
+
+
+def synthetic_click_probability(
+    table: pa.Table,
+    num_domains: int = 3,
+    users: int = 500,
+    items: int = 300,
+    domain_effect: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """The generator's own click probability of each row of `table`: the Bayes-optimal score.
+
+    No model can rank the rows better in expectation, so its AUC on a split is the ceiling for
+    any model trained on that data.
+
+    Args:
+        table: rows of `synthetic_table` / `stream_synthetic` (the columns `user`, `item`, `price`, `domain`).
+        num_domains, users, items, domain_effect, seed: the arguments the rows were drawn with.
+
+    Returns:
+        float64 probabilities `(N,)`.
+
+    Example:
+        >>> rows = synthetic_table(num_domains=2, rows=100, seed=3)
+        >>> p = synthetic_click_probability(rows, num_domains=2, seed=3)
+        >>> p.shape, bool(((p > 0) & (p < 1)).all())
+        ((100,), True)
+    """
+    model = _draw_model(np.random.default_rng(seed), num_domains, users, items)
+    columns = [table.column(name).to_numpy() for name in ("user", "item", "price", "domain")]
+    return _click_probability(model, *columns, domain_effect)
 
 
 def _check_sizes(num_domains: int, rows: int) -> None:
