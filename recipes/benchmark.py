@@ -85,6 +85,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "keep_shared": ("mlora.keep_shared_if_better=true",),
     "dropout_0.1": ("model.dropout=0.1",),
     "no_dropout": ("model.dropout=0",),
+    "input_bn": ("model.options.input_norm=batch",),
 }
 """Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
 backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""

@@ -85,6 +85,7 @@ class AutoInt(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
         attention_layers: how many interacting layers.
         num_heads: attention heads per layer.
         head_dim: width of each head.
@@ -106,6 +107,7 @@ class AutoInt(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
         attention_layers: int = 3,
         num_heads: int = 2,
         head_dim: int = 16,
@@ -118,7 +120,8 @@ class AutoInt(Backbone):
             layers.append(InteractingLayer(widths[-1], num_heads, head_dim))
             widths.append(layers[-1].out_features)
         self.attention = nn.Sequential(*layers)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.embedding.num_fields * widths[-1] + self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -76,6 +76,7 @@ class XDeepFM(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
         cin_layers: the CIN's feature maps per layer.
 
     Example:
@@ -97,6 +98,7 @@ class XDeepFM(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
         cin_layers: Sequence[int] = (128, 128),
     ) -> None:
         super().__init__()
@@ -104,7 +106,8 @@ class XDeepFM(Backbone):
         self.linear = LinearTerm(features)
         self.cin = CIN(self.embedding.num_fields, cin_layers)
         self.cin_head = nn.Linear(self.cin.out_features, 1)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

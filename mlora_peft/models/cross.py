@@ -71,6 +71,7 @@ class DCN(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
         cross_layers: how many cross layers.
 
     Example:
@@ -90,13 +91,15 @@ class DCN(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
         cross_layers: int = 3,
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
         width = self.embedding.flat_dim
         self.cross = CrossNetwork(width, cross_layers, matrix=self.matrix_cross)
-        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(width + self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -115,6 +118,7 @@ class DCNv2(DCN):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
         cross_layers: how many cross layers.
 
     Example:

@@ -100,6 +100,7 @@ class FiBiNET(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
         reduction_ratio: SENET's squeeze ratio.
         bilinear_type: "field_all", "field_each" or "field_interaction".
 
@@ -123,6 +124,7 @@ class FiBiNET(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
         reduction_ratio: int = 3,
         bilinear_type: str = "field_interaction",
     ) -> None:
@@ -132,7 +134,8 @@ class FiBiNET(Backbone):
         self.senet = SENet(fields, reduction_ratio)
         self.bilinear = Bilinear(fields, width, bilinear_type)
         self.senet_bilinear = Bilinear(fields, width, bilinear_type)
-        self.deep = DeepTower(fields * (fields - 1) * width, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(fields * (fields - 1) * width, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -34,6 +34,7 @@ class DeepFM(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
 
     Example:
         >>> import torch
@@ -52,11 +53,13 @@ class DeepFM(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         self.linear = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -76,6 +79,7 @@ class NFM(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
 
     Example:
         >>> import torch
@@ -94,11 +98,13 @@ class NFM(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         self.linear = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.field_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.field_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.pooled_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.deep.out_features, 1)
 

@@ -21,6 +21,7 @@ class MLP(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
 
     Example:
         >>> import torch
@@ -39,10 +40,12 @@ class MLP(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -59,6 +62,7 @@ class WDL(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
 
     Example:
         >>> import torch
@@ -76,11 +80,13 @@ class WDL(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features)
         self.wide = LinearTerm(features)
-        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(self.embedding.flat_dim, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -32,6 +32,7 @@ class PNN(Backbone):
         dropout_placement: "activation" (dropout after each hidden ReLU) or "base_output" (on each
             hidden Linear's `W x + b` only, so an MLoRA adapter's term is not dropped, as in the
             MLoRA paper's code); see `DeepTower`.
+        input_norm: "none", or "batch" to batch-normalise the deep tower's input; see `DeepTower`.
 
     Example:
         >>> import torch
@@ -50,12 +51,14 @@ class PNN(Backbone):
         hidden: Sequence[int] = DEFAULT_HIDDEN,
         dropout: float = DEFAULT_DROPOUT,
         dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(features, dense_as_field=True)
         fields = self.embedding.num_fields
         width = self.embedding.flat_dim + fields * (fields - 1) // 2  # [z, p]
-        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement)
+        self.deep = DeepTower(width, hidden, dropout, dropout_placement=dropout_placement,
+                              input_norm=input_norm)
         self.head = nn.Linear(self.deep.out_features, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

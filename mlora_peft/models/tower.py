@@ -12,6 +12,8 @@ DEFAULT_HIDDEN = (256, 128, 64)
 DEFAULT_DROPOUT = 0.5
 DROPOUT_PLACEMENTS = ("activation", "base_output")
 """Where a tower's hidden-layer dropout acts: after the ReLU, or on the Linear's output `W x + b`."""
+INPUT_NORMS = ("none", "batch")
+"""What normalises a tower's input first: nothing, or batch normalisation (`nn.BatchNorm1d`)."""
 
 
 class OutputDropoutLinear(nn.Linear):
@@ -53,16 +55,23 @@ class DeepTower(nn.Sequential):
     keys, but under MLoRA only `W x + b` is dropped, not the adapter term (the paper code's
     `ReLU(dropout(W x + b) + B_d A_d x + b_d)`).
 
+    With `input_norm="batch"` the input is batch-normalised first (`input_norm`, a
+    `BatchNorm1d` registered after the layers, so their names and indices stay as they are). The
+    id embeddings start tiny; normalised, the tower sees them at unit scale, which let the plain
+    MLP learn the synthetic data's user-item affinity (see docs/benchmarks.md). A training batch
+    of one row is normalised with the running statistics.
+
     Args:
         in_features: width of the tower's input.
         hidden: the hidden widths, e.g. (256, 128, 64).
         dropout: dropout probability of each hidden layer.
         dropout_placement: "activation" (after each ReLU) or "base_output" (on each Linear's
             `W x + b`, before an MLoRA adapter's term is added).
+        input_norm: "none" or "batch".
 
     Raises:
         ValueError: empty or non-positive widths, a dropout outside [0, 1), or an unknown
-            dropout_placement.
+            dropout_placement or input_norm.
 
     Example:
         >>> tower = DeepTower(10, hidden=(8, 4), dropout=0.0)
@@ -71,11 +80,18 @@ class DeepTower(nn.Sequential):
     """
 
     def __init__(
-        self, in_features: int, hidden: Sequence[int], dropout: float, *, dropout_placement: str = "activation"
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        dropout: float,
+        *,
+        dropout_placement: str = "activation",
+        input_norm: str = "none",
     ) -> None:
         hidden = check_widths(hidden, "hidden")
         check_dropout(dropout)
         check_dropout_placement(dropout_placement)
+        check_input_norm(input_norm)
         layers: list[nn.Module] = []
         for fan_in, width in zip((in_features, *hidden[:-1]), hidden):
             if dropout_placement == "base_output":
@@ -85,6 +101,19 @@ class DeepTower(nn.Sequential):
         super().__init__(*layers)
         self.out_features = hidden[-1]
         self.hidden_linear_names = [str(3 * i) for i in range(len(hidden))]
+        self.input_norm = nn.BatchNorm1d(in_features) if input_norm == "batch" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_norm is None:
+            return super().forward(x)
+        norm = self.input_norm
+        if self.training and x.shape[0] == 1:  # one row has no batch statistics: use the running ones
+            x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+        else:
+            x = norm(x)  # (N, in)
+        for module in list(self)[:-1]:  # the norm is registered last
+            x = module(x)
+        return x
 
     def block(self, index: int, x: Tensor) -> Tensor:
         """Hidden layer `index` alone (its Linear, ReLU and Dropout): `(N, in_k) -> (N, hidden[index])`."""
@@ -134,6 +163,14 @@ def check_dropout_placement(placement: str) -> str:
             "default) or 'base_output' (dropout on each hidden Linear's W x + b only, as the MLoRA paper's code)."
         )
     return placement
+
+
+def check_input_norm(input_norm: str) -> str:
+    """`input_norm` if it is one of `INPUT_NORMS`, else a `ValueError` listing them."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm={input_norm!r} is not supported; use 'none' (the default) or 'batch' "
+                         "(batch normalisation of the deep tower's input).")
+    return input_norm
 
 
 def check_count(value: int, name: str) -> int:
