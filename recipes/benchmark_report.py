@@ -467,7 +467,7 @@ def synthetic_sweep(summaries: dict, oracles: dict) -> list[str]:
              "| share of the gap closed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (rows, count, effect, composition), (diffs, plain, oracle) in sorted(cells.items()):
         gain = statistics.fmean(d["mean"] for d in diffs)
-        closed = "—" if oracle is None else f"{gain / (oracle - plain):+.0%}"
+        closed = "—" if oracle is None else f"{gain / (oracle - plain):+.1%}"
         lines.append(f"| {rows:,} | {count} | {effect:g} | {composition} | {len(diffs)} | {gain:+.4f} | "
                      f"{sum(d['wins'] == d['n'] for d in diffs)} | {sum(d['wins'] == 0 for d in diffs)} | "
                      f"{plain:.4f} | {'—' if oracle is None else f'{oracle:.4f}'} | {closed} |")
