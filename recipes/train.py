@@ -89,6 +89,9 @@ class MloraSettings:
     rank_divisor: Optional[int] = field(default=64, metadata={"help": "Rank = max(width // rank_divisor, 1)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input (MultiDomainLoraConfig.lora_dropout)."})
     domain_bias: bool = field(default=True, metadata={"help": "Learn a bias per domain beside the low-rank term (b_d)."})
+    lr_ratio: float = field(default=1.0, metadata={
+        "help": "The adapters' learning rate as a multiple of the backbone's (train.lr and its schedule), in (0, 10]: "
+                "below 1 the adapters learn more slowly than the shared model in joint training."})
     keep_shared_if_better: bool = field(default=False, metadata={
         "help": "two_stage: an adapter epoch is kept only if it beats the shared stage's best validation score; if "
                 "none does, the result is the shared model with its adapters still at zero. Off: the adapter "
@@ -166,9 +169,11 @@ def check_config(cfg: "TrainConfig") -> "TrainConfig":
             raise ValueError(f"{key}={value!r} is not allowed; use one of {list(allowed)}.")
     ranges = {"train.embedding_l2": (lambda x: x >= 0, "a number >= 0 (0: off)"),
               "train.min_lr_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
-              "train.lr_decay": (lambda x: 0 < x <= 1, "a number in (0, 1] (1: no decay)")}
+              "train.lr_decay": (lambda x: 0 < x <= 1, "a number in (0, 1] (1: no decay)"),
+              "mlora.lr_ratio": (lambda x: 0 < x <= 10, "a number in (0, 10] (1: the backbone's learning rate)")}
     for key, (ok, allowed) in ranges.items():
-        value = getattr(cfg.train, key.split(".")[1])
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ValueError(f"{key}={value!r} is not allowed; use {allowed}.")
     if cfg.data.side_features and cfg.data.source != "movielens":
@@ -266,13 +271,15 @@ class TrainingState:
         vars(self).update(state)
 
 
-def set_stage(model: nn.Module, optimizer: torch.optim.Optimizer, stage: str, lr: float) -> None:
-    """Which parameter group learns in `stage`: base (group 0), adapters (group 1) or both.
+def set_stage(optimizer: torch.optim.Optimizer, stage: str, lr: float, adapter_ratio: float = 1.0) -> None:
+    """Which parameter group learns in `stage`: base (group 0), adapters (group 1, at `lr * adapter_ratio`) or both.
 
     A frozen group keeps its parameters (learning rate 0), so the model's structure, the
     optimiser and the distributed wrapper stay the same across stages and checkpoints.
     """
-    learning = {"joint": (lr, lr), "plain": (lr, lr), "shared": (lr, 0.0), "adapters": (0.0, lr)}[stage]
+    adapter_lr = lr * adapter_ratio
+    learning = {"joint": (lr, adapter_lr), "plain": (lr, adapter_lr), "shared": (lr, 0.0),
+                "adapters": (0.0, adapter_lr)}[stage]
     for group, group_lr in zip(optimizer.param_groups, learning):
         group["lr"] = group_lr
 
@@ -442,8 +449,8 @@ def train(cfg: TrainConfig, out_dir: Path, data: Optional[MultiDomainData] = Non
                     if penalty is not None:
                         loss = loss + penalty.pop(len(batch["label"]))
                     accelerator.backward(loss)
-                    set_stage(model, optimizer, stage, scheduled_lr(cfg.train, state, state.step_in_epoch,
-                                                                    steps_per_epoch))
+                    set_stage(optimizer, stage, scheduled_lr(cfg.train, state, state.step_in_epoch, steps_per_epoch),
+                              cfg.mlora.lr_ratio)
                     optimizer.step()
                     optimizer.zero_grad()
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1

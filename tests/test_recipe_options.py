@@ -180,6 +180,47 @@ def test_plateau_lr_in_the_log_follows_the_validation_scores(train, tmp_path):
     assert factor < 1, "no epoch failed to improve: the test does not exercise the decay"
 
 
+def test_adapter_lr_ratio_scales_the_adapter_groups_lr_in_every_stage(train, tmp_path, monkeypatch):
+    steps = _record_lrs(monkeypatch, train)
+    cfg = train.load_config(TINY, [f"output_dir={tmp_path}", "mlora.mode=two_stage", "mlora.lr_ratio=0.25",
+                                   "train.max_epochs=2", "train.patience=10", "train.batch_size=256",
+                                   "train.lr_schedule=cosine", "train.min_lr_ratio=0.2"])
+    train.train(cfg, tmp_path)
+    per_epoch = _log(tmp_path)[0]["step"]
+    reference = _cosine_reference(cfg.train.lr, 0.2, 2 * per_epoch)
+    shared, adapters = steps[:2 * per_epoch], steps[2 * per_epoch:]
+    assert [lrs[0] for lrs in shared] == pytest.approx(reference, rel=1e-12)
+    assert [lrs[1] for lrs in shared] == [0.0] * len(shared)
+    assert [lrs[0] for lrs in adapters] == [0.0] * len(adapters)
+    assert [lrs[1] for lrs in adapters] == pytest.approx([0.25 * lr for lr in reference], rel=1e-12)
+
+
+def test_adapter_lr_ratio_scales_the_first_adam_step_of_the_adapters_only(train, tmp_path, monkeypatch):
+    """Adam's first step is lr * g / (|g| + eps): at ratio 0.25 the adapters move a quarter as far, the backbone alike."""
+    built, build = [], train.build_model
+
+    def build_and_keep(cfg, data):
+        model = build(cfg, data)
+        built.append((model, copy.deepcopy(model.state_dict())))
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_and_keep)
+    common = ["data.rows=600", "mlora.mode=joint", "train.max_epochs=1", "train.batch_size=100000", "train.lr=0.01",
+              "compare_with_plain=false"]
+    moved = {}
+    for ratio in (1.0, 0.25):
+        run = tmp_path / str(ratio)
+        train.train(train.load_config(TINY, [*common, f"output_dir={run}", f"mlora.lr_ratio={ratio}"]), run)
+        assert _log(run)[0]["step"] == 1  # the whole split is one batch: one step
+        model, init = built[-1]
+        moved[ratio] = {k: v.detach() - init[k] for k, v in model.state_dict().items()}
+    adapter_keys = [k for k in moved[1.0] if "mdlora_" in k]
+    assert adapter_keys and any(moved[1.0][k].abs().max() > 0 for k in adapter_keys)
+    for key, full in moved[1.0].items():
+        expected = 0.25 * full if "mdlora_" in key else full
+        torch.testing.assert_close(moved[0.25][key], expected, atol=1e-8, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------- exact resume
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])
 def test_resume_with_a_schedule_is_exact(train, tmp_path, schedule):
@@ -234,6 +275,8 @@ def test_side_features_add_the_user_and_item_columns(train):
     ("train.min_lr_ratio=-0.1", r"train.min_lr_ratio=-0.1 is not allowed"),
     ("train.lr_decay=0", r"train.lr_decay=0 is not allowed; use a number in \(0, 1\]"),
     ("train.lr_decay=1.5", r"train.lr_decay=1.5 is not allowed"),
+    ("mlora.lr_ratio=0", r"mlora.lr_ratio=0 is not allowed; use a number in \(0, 10\]"),
+    ("mlora.lr_ratio=20", r"mlora.lr_ratio=20 is not allowed"),
     ("data.side_features=true", r"data.side_features=true needs data.source=movielens, not 'synthetic'"),
 ])
 def test_bad_option_values_name_the_key_and_the_allowed_ones(train, override, match):
