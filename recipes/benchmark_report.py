@@ -439,7 +439,7 @@ def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
             status = ("not measured" if not per_backbone else "met" if len(ok) >= 9 else
                       "not met" if len(ok) + (10 - len(per_backbone)) < 9 else
                       f"not measured ({len(per_backbone)} of 10 backbones run)")
-            out.append(f"| Synthetic with a domain effect{at}: joint MLoRA (divisor chosen on validation) wins every "
+            out.append(f"| Synthetic with a domain effect{at}: joint MLoRA (config chosen on validation) wins every "
                        f"seed, ≥ 9 of 10 backbones | {status} ({len(ok)}/{len(per_backbone)} backbones win every seed "
                        f"on {', '.join(keys) or '—'}) | "
                        + "; ".join(f"{b}: " + ", ".join(_named_diff(name, b, d) for name, d in ds)
@@ -449,7 +449,7 @@ def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
             bad = [b for b, (_, d) in costs.items() if d["mean"] < -MAX_COST_NO_EFFECT]
             status = ("not measured" if not costs else f"met ({', '.join(keys)})" if not bad
                       else f"not met ({', '.join(bad)})")
-            out.append(f"| Synthetic without a domain effect{at}: joint MLoRA (divisor chosen on validation) costs "
+            out.append(f"| Synthetic without a domain effect{at}: joint MLoRA (config chosen on validation) costs "
                        f"≤ {MAX_COST_NO_EFFECT} WAUC | {status} | "
                        + "; ".join(f"{b}: worst mean Δ {d['mean']:+.4f}{_divisor_note(name, b)}"
                                    for b, (name, d) in costs.items()) + " |")
