@@ -451,18 +451,18 @@ def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
                       else f"not met ({', '.join(bad)})")
             out.append(f"| Synthetic without a domain effect{at}: joint MLoRA (config chosen on validation) costs "
                        f"≤ {MAX_COST_NO_EFFECT} WAUC | {status} | "
-                       + "; ".join(f"{b}: worst mean Δ {d['mean']:+.4f}{_divisor_note(name, b)}"
+                       + "; ".join(f"{b}: worst mean Δ {d['mean']:+.4f}{_variant_note(name, b)}"
                                    for b, (name, d) in costs.items()) + " |")
     return out
 
 
-def _divisor_note(name: str, backbone: str) -> str:
-    """` (x+mlora/64)` when the chosen joint variant is not the default-divisor one, else nothing."""
+def _variant_note(name: str, backbone: str) -> str:
+    """` (x+mlora/64)`, ` (x+mlora[option])`: the chosen joint variant when it is not `x+mlora`, else nothing."""
     return "" if name == f"{backbone}+mlora" else f" ({name})"
 
 
 def _named_diff(name: str, backbone: str, d: dict) -> str:
-    return _fmt_diff(d) + _divisor_note(name, backbone)
+    return _fmt_diff(d) + _variant_note(name, backbone)
 
 
 def synthetic_sweep(summaries: dict, oracles: dict) -> list[str]:
@@ -624,7 +624,7 @@ def write_page(cache: Path, page: Path) -> Path:
         "click probability, the best any model can do; the share of the gap closed is the MLoRA gain over "
         "(oracle − plain). The last column is joint MLoRA at the library's default divisor 64, where it was run. "
         "The synthetic goals take, per backbone and data set, the joint config (divisor, `mlora.*` option) with the "
-        "higher validation mean AUC:", "", *synthetic_sweep(summaries, oracles), "",
+        "highest validation mean AUC:", "", *synthetic_sweep(summaries, oracles), "",
         *([f"![paired gains per backbone and data set](images/benchmark_summary.png)", ""]
           if plot_summary(summaries, images / "benchmark_summary.png") else []),
         "Per data set (the best MLoRA config of each backbone, chosen on validation):", "",
