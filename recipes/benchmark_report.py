@@ -348,10 +348,12 @@ def _read(path: Path) -> Optional[dict]:
 
 # ---------------------------------------------------------------------------------- goals and text
 def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
+    """The goals table, then, for each goal not met, by how much it is missed and which MLoRA configs were run."""
     out = ["| goal | status | evidence |", "|---|---|---|"]
+    missed = []
     # Amazon-6
     amazon = summaries.get("amazon6", {})
-    measured, met, evidence = 0, 0, []
+    measured, met, evidence, gains = 0, 0, [], {}
     for backbone in BACKBONES:
         best = best_mlora(amazon, backbone)
         if best is None or backbone not in amazon:
@@ -360,6 +362,7 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
         measured += 1
         ok = d["mean"] >= MIN_GAIN_AMAZON and d["wins"] == d["n"]
         met += ok
+        gains[best] = d["mean"]
         plain = best_plain(amazon, backbone)
         versus_best = "" if plain == backbone else f" (vs the best plain config {plain}: " \
             f"{_fmt_diff(paired(amazon[best], amazon[plain]))})"
@@ -374,6 +377,11 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
         status = f"not measured ({measured} of 10 backbones run)"
     out.append(f"| Amazon-6: best MLoRA config ≥ +{MIN_GAIN_AMAZON} WAUC and wins every seed, ≥ 7 of 10 backbones | "
                f"{status} ({met}/{measured} measured backbones meet it) | {'; '.join(evidence) or '—'} |")
+    if status == "not met":
+        top = max(gains, key=gains.get)
+        missed.append(f"- **Amazon-6 gain:** {met} of {measured} backbones meet it (7 needed). The largest mean gain "
+                      f"is {top}'s, {gains[top]:+.4f}: {MIN_GAIN_AMAZON - gains[top]:.4f} short of "
+                      f"+{MIN_GAIN_AMAZON}. Tried: " + _tried(summaries, ["amazon6", "amazon6@per_domain"]) + ".")
     best_mlp = best_mlora(amazon, "mlp")
     if best_mlp and any(b in amazon for b in BASELINES):
         vs = {b: paired(amazon[best_mlp], amazon[b]) for b in BASELINES if b in amazon}
@@ -383,12 +391,19 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
                   else f"not measured ({', '.join(missing)} not run)")
         out.append(f"| Amazon-6: best MLoRA beats every baseline | {status} | "
                    + "; ".join(f"{best_mlp} − {b}: {_fmt_diff(d)}" for b, d in vs.items()) + " |")
+        if not beaten:
+            missed.append(f"- **Amazon-6 baselines:** {best_mlp} does not beat every seed of " + "; ".join(
+                (f"{b}: behind by {-d['mean']:.4f}" if d["mean"] <= 0 else f"{b}: ahead by {d['mean']:.4f}")
+                + f", ahead in {d['wins']} of {d['n']} seeds"
+                for b, d in vs.items() if not (d["wins"] == d["n"] and d["mean"] > 0)) + ".")
     else:
         out.append("| Amazon-6: best MLoRA beats every baseline | not measured | — |")
     # synthetic: judged per row count, since a domain needs enough rows for its adapters to learn
     for rows in sorted({synthetic_setting(v)["rows"] for k, v in summaries.items() if k.startswith("synthetic")},
                        reverse=True):
-        out += _synthetic_goals(summaries, rows)
+        rows_out, rows_missed = _synthetic_goals(summaries, rows)
+        out += rows_out
+        missed += rows_missed
     # parameters
     if shares:
         over = {b: s for b, s in shares.items() if s >= MAX_ADAPTER_SHARE}
@@ -396,6 +411,9 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
                    f"(default rank) | {'met' if not over else 'not met'} | largest share "
                    f"{max(shares.values()):.1%} ({max(shares, key=shares.get)})"
                    + (f"; over: {', '.join(f'{b} {s:.1%}' for b, s in over.items())}" if over else "") + " |")
+        if over:
+            missed.append(f"- **Parameters:** over {MAX_ADAPTER_SHARE:.0%} by " + ", ".join(
+                f"{b} {s - MAX_ADAPTER_SHARE:.1%}" for b, s in over.items()) + ".")
     else:
         out.append("| MLoRA adds < 10% of non-embedding parameters per domain | not measured | — |")
     measured = {device: found["rows"]["deepfm"]["ratio"] for device, found in steps.items() if "deepfm" in found["rows"]}
@@ -405,12 +423,42 @@ def goals(summaries: dict, shares: Optional[dict], steps: dict) -> list[str]:
                    f"{GOAL_STEP_BATCH:,}) | {'met' if worst <= MAX_STEP_RATIO else 'not met'} | "
                    + "; ".join(f"{device}: " + ", ".join(f"D={d}: {r:.2f}x" for d, r in ratios.items())
                                for device, ratios in measured.items()) + " |")
+        if worst > MAX_STEP_RATIO:
+            missed.append(f"- **DeepFM step:** " + "; ".join(
+                f"{device}: best {min(r.values()):.2f}x, worst {max(r.values()):.2f}x "
+                f"({max(r.values()) - MAX_STEP_RATIO:.2f}x over)" for device, r in measured.items())
+                + ". Tried: the routed layer against a loop over the domains and against every domain's term on "
+                "every row (the routed-layer table under Speed).")
     else:
         out.append(f"| A full MLoRA-DeepFM training step ≤ {MAX_STEP_RATIO}x the plain step | not measured | — |")
     ml = [k for k in summaries if k.startswith("ml100k") and "@" not in k]
     out.append(f"| ML-100K: per domain split, does MLoRA win (explained per domain) | "
                f"{'measured: see below' if ml else 'not measured'} | {', '.join(ml) or '—'} |")
+    if missed:
+        out += ["", "Goals not met, by how much, and what was tried: each MLoRA config run on those data sets, with "
+                "how many backbones ran it (the goal's own rule, in the table, says which of them it chooses from, "
+                "on validation):", "", *missed]
     return out
+
+
+def _tried(summaries: dict, keys: list[str]) -> str:
+    """The MLoRA configs run on the data sets `keys` (`+mlora/64`, `+two_stage`, `+mlora[option]`, ...), each with
+    how many backbones ran it, most run first; a data set of one domain per batch is named apart."""
+    parts = []
+    for composition in ("mixed", "per_domain"):
+        backbones_of = defaultdict(set)
+        for key in keys:
+            if ("@per_domain" in key) != (composition == "per_domain"):
+                continue
+            for name, runs in summaries.get(key, {}).items():
+                run = next(iter(runs.values()))
+                if run["mode"] != "none" and run["model"] in BACKBONES:
+                    backbones_of[name[len(run["model"]):]].add(run["model"])
+        if backbones_of:
+            configs = sorted(backbones_of.items(), key=lambda found: (-len(found[1]), found[0]))
+            parts.append(("" if composition == "mixed" else "with one domain per batch, ")
+                         + ", ".join(f"`{suffix}` ({len(found)})" for suffix, found in configs))
+    return "; ".join(parts) or "nothing"
 
 
 def synthetic_setting(variants: dict[str, dict[int, dict]]) -> dict:
@@ -421,9 +469,9 @@ def synthetic_setting(variants: dict[str, dict[int, dict]]) -> dict:
             "composition": run["composition"]}
 
 
-def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
-    """The two synthetic goal rows for the data sets of `rows` rows (mixed batches)."""
-    out = []
+def _synthetic_goals(summaries: dict, rows: int) -> tuple[list[str], list[str]]:
+    """The two synthetic goal rows for the data sets of `rows` rows (mixed batches), and a line for each one missed."""
+    out, missed = [], []
     settings = {k: synthetic_setting(v) for k, v in summaries.items() if k.startswith("synthetic") and "@" not in k}
     for with_effect in (True, False):
         keys = [k for k, s in settings.items() if s["rows"] == rows and (s["effect"] > 0) == with_effect]
@@ -432,28 +480,40 @@ def _synthetic_goals(summaries: dict, rows: int) -> list[str]:
             for backbone in BACKBONES:
                 name = best_joint(summaries[key], backbone)
                 if name is not None and backbone in summaries[key]:
-                    per_backbone[backbone].append((name, paired(summaries[key][name], summaries[key][backbone])))
+                    per_backbone[backbone].append((key, name, paired(summaries[key][name], summaries[key][backbone])))
         at = f" ({rows:,} rows)"
+        tried = f" Tried: {_tried(summaries, keys)}."
         if with_effect:
-            ok = [b for b, ds in per_backbone.items() if all(d["wins"] == d["n"] for _, d in ds)]
+            ok = [b for b, ds in per_backbone.items() if all(d["wins"] == d["n"] for _, _, d in ds)]
             status = ("not measured" if not per_backbone else "met" if len(ok) >= 9 else
                       "not met" if len(ok) + (10 - len(per_backbone)) < 9 else
                       f"not measured ({len(per_backbone)} of 10 backbones run)")
             out.append(f"| Synthetic with a domain effect{at}: joint MLoRA (config chosen on validation) wins every "
                        f"seed, ≥ 9 of 10 backbones | {status} ({len(ok)}/{len(per_backbone)} backbones win every seed "
                        f"on {', '.join(keys) or '—'}) | "
-                       + "; ".join(f"{b}: " + ", ".join(_named_diff(name, b, d) for name, d in ds)
+                       + "; ".join(f"{b}: " + ", ".join(_named_diff(name, b, d) for _, name, d in ds)
                                    for b, ds in per_backbone.items()) + " |")
+            if status == "not met":
+                lost = {b: ", ".join(f"{key.removeprefix('synthetic-')} {d['n'] - d['wins']} of {d['n']}"
+                                     for key, _, d in ds if d["wins"] < d["n"])
+                        for b, ds in per_backbone.items() if b not in ok}
+                missed.append(f"- **Synthetic with a domain effect{at}:** {len(ok)} of {len(per_backbone)} backbones "
+                              "win every seed (9 needed). Seeds lost: "
+                              + "; ".join(f"{b}: {where}" for b, where in lost.items()) + "." + tried)
         else:
-            costs = {b: min(ds, key=lambda found: found[1]["mean"]) for b, ds in per_backbone.items()}
-            bad = [b for b, (_, d) in costs.items() if d["mean"] < -MAX_COST_NO_EFFECT]
+            costs = {b: min(ds, key=lambda found: found[2]["mean"]) for b, ds in per_backbone.items()}
+            bad = [b for b, (_, _, d) in costs.items() if d["mean"] < -MAX_COST_NO_EFFECT]
             status = ("not measured" if not costs else f"met ({', '.join(keys)})" if not bad
                       else f"not met ({', '.join(bad)})")
             out.append(f"| Synthetic without a domain effect{at}: joint MLoRA (config chosen on validation) costs "
                        f"≤ {MAX_COST_NO_EFFECT} WAUC | {status} | "
                        + "; ".join(f"{b}: worst mean Δ {d['mean']:+.4f}{_variant_note(name, b)}"
-                                   for b, (name, d) in costs.items()) + " |")
-    return out
+                                   for b, (_, name, d) in costs.items()) + " |")
+            if bad:
+                missed.append(f"- **Synthetic without a domain effect{at}:** over the {MAX_COST_NO_EFFECT} allowed by "
+                              + ", ".join(f"{b} {-costs[b][2]['mean'] - MAX_COST_NO_EFFECT:.4f} (on "
+                                          f"{costs[b][0].removeprefix('synthetic-')})" for b in bad) + "." + tried)
+    return out, missed
 
 
 def _variant_note(name: str, backbone: str) -> str:

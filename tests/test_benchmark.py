@@ -156,6 +156,30 @@ def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_besid
         "### One full training step, MLoRA / plain, cuda, batch 65,536 (`recipes/bench_speed.py`)"]
     goal = [row for row in report.goals({}, None, judged) if "DeepFM" in row][0]
     assert "| not met |" in goal and "1.90x" in goal and "1.10x" not in goal
+    assert [row for row in report.goals({}, None, judged) if row.startswith("- **DeepFM step:**")][0].startswith(
+        "- **DeepFM step:** cuda: best 1.90x, worst 1.90x (0.75x over).")
+
+
+def test_a_missed_amazon_goal_says_by_how_much_and_what_was_tried():
+    """Shortfalls are computed from the paired numbers (hand-computed here); `tried` lists every MLoRA config."""
+    report = _load_recipe("benchmark_report")
+
+    def runs(model, mode, test, validation=0.7, composition="mixed"):
+        return {seed: {"model": model, "mode": mode, "option_overrides": [], "composition": composition,
+                       "validation": {"mean_auc": validation}, "test": {"wauc": test + 0.001 * seed}}
+                for seed in (0, 1)}
+
+    amazon = {"mlp+mlora/64": runs("mlp", "joint", 0.705, 0.69), "pepnet": runs("pepnet", "none", 0.703)}
+    for backbone, gain in (("mlp", 0.002), ("wdl", -0.001), ("nfm", 0.001), ("deepfm", 0.0)):  # 4 of 10 miss it
+        amazon |= {backbone: runs(backbone, "none", 0.70), f"{backbone}+mlora": runs(backbone, "joint", 0.70 + gain)}
+    per_domain = {"mlp": runs("mlp", "none", 0.70, composition="per_domain"),
+                  "mlp+mlora": runs("mlp", "joint", 0.70, composition="per_domain")}
+    lines = report.goals({"amazon6": amazon, "amazon6@per_domain": per_domain}, None, {})
+    assert "- **Amazon-6 gain:** 0 of 4 backbones meet it (7 needed). The largest mean gain is mlp+mlora's, " \
+           "+0.0020: 0.0030 short of +0.005. Tried: `+mlora` (4), `+mlora/64` (1); with one domain per batch, " \
+           "`+mlora` (1)." in lines
+    assert "- **Amazon-6 baselines:** mlp+mlora does not beat every seed of pepnet: behind by 0.0010, ahead in 0 of " \
+           "2 seeds." in lines
 
 
 def test_the_synthetic_oracle_scores_the_very_test_rows_the_models_are_scored_on(benchmark):
@@ -210,12 +234,15 @@ def test_synthetic_goals_judge_the_joint_config_chosen_on_validation_not_on_test
                 "mlp+two_stage": runs("mlp", "two_stage", 0.90, 0.90)}
     assert report.best_joint(variants, "mlp") == "mlp+mlora/64"
     assert report.best_mlora(variants, "mlp") == "mlp+two_stage"
-    rows = report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)
+    rows, missed = report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)
     no_effect = [row for row in rows if "without a domain effect" in row][0]
     assert "| not met (mlp) |" in no_effect and "mlp: worst mean Δ -0.0100 (mlp+mlora/64)" in no_effect
+    assert missed == ["- **Synthetic without a domain effect (1,000 rows):** over the 0.001 allowed by mlp 0.0090 "
+                      "(on D3-effect0-1k). Tried: `+mlora` (1), `+mlora/64` (1), `+mlora[opt]` (1), `+two_stage` (1)."]
     variants["mlp+mlora/64"] = runs("mlp", "joint", 0.69, 0.69)  # now /16 wins on validation
-    no_effect = [row for row in report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)
+    no_effect = [row for row in report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)[0]
                  if "without a domain effect" in row][0]
     assert "met (synthetic-D3-effect0-1k)" in no_effect and "mlp: worst mean Δ +0.0001 |" in no_effect
+    assert report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)[1] == []  # nothing missed
     variants["mlp+mlora[slow]"] = runs("mlp", "joint", 0.75, 0.705, option="slow", overrides=["mlora.lr_ratio=0.1"])
     assert report.best_joint(variants, "mlp") == "mlp+mlora[slow]"
