@@ -6,6 +6,7 @@
     python recipes/benchmark.py --data amazon6 --models mlp --options emb_l2_1,paper_dropout  # options, paired
     python recipes/benchmark.py --data ml100k --movielens-features side   # ML-100K with user and item attributes
     python recipes/benchmark.py --report-only                         # rewrite the page from the cache
+    python recipes/benchmark.py --reproduce 10 --data amazon6,ml100k  # retrain 10 cached runs, compare
 
 Every run is `recipes/train.py`'s `train()` with the paper's settings (embedding 8, hidden
 [256, 128, 64], dropout 0.5, Adam 1e-3, batch 1024, early stopping on validation mean AUC,
@@ -22,7 +23,9 @@ import argparse
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,6 +376,69 @@ def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list
     return trained
 
 
+# ---------------------------------------------------------------------------------- reproducing the cache
+REPRODUCED = "reproduced.json"
+
+
+def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache, sample_seed: int = 0) -> list[dict]:
+    """Train `count` cached runs again from scratch and record how far their test metrics moved.
+
+    The runs are a seeded sample of the cached runs of the data keys (or prefixes) in `wanted`; each is
+    trained with the settings its `summary.json` records, in a temporary folder, with the current code.
+    The records are appended to `<cache>/reproduced.json`, which the page reports.
+    """
+    summaries = sorted(cache.glob("*/*/seed*/" + SUMMARY))
+    candidates = [p for p in summaries if any(p.parts[-4] == w or p.parts[-4].startswith(w) for w in wanted)]
+    if not candidates:
+        raise ValueError(f"No cached runs of {wanted} in {cache}; name data keys that the cache holds.")
+    picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
+                                                        replace=False)
+    records = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in sorted(picked):
+            cached = json.loads(candidates[index].read_text())
+            rerun = run_one(spec_of(cached), variant_of(cached), cached["seed"], Path(scratch), data_cache,
+                            cached.get("overrides", []))
+            records.append({"data": cached["data"], "variant": cached["variant"], "seed": cached["seed"],
+                            "cached": {k: cached["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": cached["epochs"]},
+                            "rerun": {k: rerun["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": rerun["epochs"]},
+                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+                            "threads": torch.get_num_threads()})
+            print(f"reproduced {cached['data']} {cached['variant']} seed {cached['seed']}: test WAUC "
+                  f"{cached['test']['wauc']:.6f} cached, {rerun['test']['wauc']:.6f} now", flush=True)
+    path = cache / REPRODUCED
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    train_recipe.write_json_atomic(path, earlier + records)
+    return records
+
+
+def spec_of(summary: dict) -> DataSpec:
+    """The `DataSpec` a cached run was trained on, from its summary."""
+    key = summary["data"]
+    source = next(s for prefix, s in (("synthetic", "synthetic"), ("ml100k", "movielens"), ("amazon6", "amazon"))
+                  if key.startswith(prefix))
+    return DataSpec(key, key, source, summary["data_options"], summary["composition"])
+
+
+def variant_of(summary: dict) -> Variant:
+    """The `Variant` of a cached run; its option must still mean the overrides it was run with."""
+    variant = Variant(summary["variant"], summary["model"], summary["mode"], summary["rank_divisor"],
+                      summary["option"])
+    if list(variant.overrides) != summary["option_overrides"]:
+        raise ValueError(f"Option {summary['option']!r} now means {list(variant.overrides)}, but "
+                         f"{summary['variant']} ran with {summary['option_overrides']}; restore the option in OPTIONS.")
+    return variant
+
+
+def _commit() -> Optional[str]:
+    """The git commit of the code that runs (None outside a git checkout)."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:  # no git on this machine
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 # ---------------------------------------------------------------------------------- command line
 def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Variant]]]:
     """The data sets and, per data set, the variants the arguments select."""
@@ -438,6 +504,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the page to write")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the page from the cache")
+    parser.add_argument("--reproduce", type=int, default=0, metavar="N",
+                        help="train N cached runs of --data again from scratch (a seeded sample), record how far "
+                             "their test metrics moved in <cache>/reproduced.json, then write the page")
     parser.add_argument("--speed", choices=["skip", "quick", "full"], default=None,
                         help="run the speed section (default: quick with --quick, full otherwise)")
     parser.add_argument("--scale-rows", type=int, default=None, help="rows of the streamed scale run")
@@ -468,7 +537,9 @@ def main(argv: Optional[list[str]] = None) -> Path:
     torch.set_num_threads(args.threads)
     report = load_recipe("benchmark_report")
     command = "python recipes/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if not args.report_only:
+    if args.reproduce:
+        reproduce(args.cache, args.data.split(","), args.reproduce, DataCache(args.data_root, embedding_dim=8))
+    elif not args.report_only:
         args.cache.mkdir(parents=True, exist_ok=True)
         with open(args.cache / "commands.jsonl", "a") as handle:  # the page lists every command behind the cache
             handle.write(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

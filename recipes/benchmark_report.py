@@ -31,6 +31,7 @@ BACKBONES = models.list_models("backbones")
 BASELINES = models.list_models("baselines")
 MIN_GAIN_AMAZON, MAX_COST_NO_EFFECT, MAX_ADAPTER_SHARE, MAX_STEP_RATIO = 0.005, 0.001, 0.10, 1.15
 GOAL_STEP_BATCH = 1024  # the batch size at which the step-ratio goal is judged (the paper's)
+REPRODUCED_TOLERANCE = 1e-6  # a rerun within this of the cached test WAUC reproduces it
 
 
 # ---------------------------------------------------------------------------------- reading the cache
@@ -344,6 +345,26 @@ def speed_section(speed_dir: Path) -> tuple[list[str], dict]:
 
 def _read(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def reproducibility_section(cache: Path) -> list[str]:
+    """Cached runs trained again from scratch (`benchmark.py --reproduce`): how far their test metrics moved."""
+    records = _read(cache / "reproduced.json")
+    if not records:
+        return ["Not checked yet: `python recipes/benchmark.py --reproduce N --data ...` trains N cached runs "
+                "again from scratch and compares.", ""]
+    moved = [abs(r["rerun"]["wauc"] - r["cached"]["wauc"]) for r in records]
+    same = sum(m <= REPRODUCED_TOLERANCE for m in moved)
+    lines = [f"{len(records)} cached runs, a seeded sample (`python recipes/benchmark.py --reproduce N`), were trained "
+             f"again from scratch with the code of the commit shown: {same} of {len(records)} reproduce the cached "
+             f"test WAUC within {REPRODUCED_TOLERANCE:g}; the largest difference is {max(moved):.2g}.", "",
+             "| data | model | seed | cached test WAUC | again | difference | epochs (cached, again) | commit, date |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['data']} | {r['variant']} | {r['seed']} | {r['cached']['wauc']:.6f} | "
+                     f"{r['rerun']['wauc']:.6f} | {r['rerun']['wauc'] - r['cached']['wauc']:+.2g} | "
+                     f"{r['cached']['epochs']}, {r['rerun']['epochs']} | {r['commit'] or 'unknown'}, {r['date']} |")
+    return lines + [""]
 
 
 # ---------------------------------------------------------------------------------- goals and text
@@ -677,6 +698,7 @@ def write_page(cache: Path, page: Path) -> Path:
         "MLoRA's own settings (`mlora.*`) are chosen on validation, and options that also change the plain "
         "backbone are left out.",
         "",
+        "## Reproducibility", "", *reproducibility_section(cache),
         "## Goals", "", *goals(summaries, shares, steps), "",
         "## When does MLoRA help?", "",
         "Synthetic data: joint MLoRA (rank divisor 16) minus the plain backbone, by rows, number of domains and strength "

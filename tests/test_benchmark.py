@@ -86,6 +86,32 @@ def test_quick_run_caches_continues_and_writes_the_page_from_the_cache(benchmark
     assert calls == [interrupted]
 
 
+def test_reproduce_trains_cached_runs_again_and_the_page_reports_how_far_they_moved(benchmark, tmp_path, monkeypatch):
+    args = _tiny_args(tmp_path)
+    benchmark.main([*args, "--data", "synthetic-D3-effect1"])
+    cache = tmp_path / "cache"
+    summaries = sorted(cache.glob("*/*/seed*/summary.json"))
+    assert len(summaries) == 2  # mlp and mlp+mlora on synthetic-D3-effect1-0.6k
+    edited = json.loads(summaries[0].read_text())
+    edited["test"]["wauc"] += 0.01  # as if the code had changed since this run
+    summaries[0].write_text(json.dumps(edited))
+    before = [p.read_text() for p in summaries]
+    calls = _count_training(benchmark, monkeypatch)
+
+    page = benchmark.main([*args, "--data", "synthetic-D3-effect1", "--reproduce", "5"])
+    assert len(calls) == 2 and all(cache not in Path(c).parents for c in calls)  # trained apart from the cache
+    assert [p.read_text() for p in summaries] == before  # the cache is not touched
+    records = json.loads((cache / "reproduced.json").read_text())
+    assert [(r["data"], r["variant"], r["seed"]) for r in records] == [
+        ("synthetic-D3-effect1-0.6k", "mlp", 0), ("synthetic-D3-effect1-0.6k", "mlp+mlora", 0)]
+    moved = [r["rerun"]["wauc"] - r["cached"]["wauc"] for r in records]
+    assert moved[0] == pytest.approx(-0.01, abs=1e-9) and moved[1] == 0.0  # same seed, same code: same numbers
+    assert "2 cached runs" in page.read_text() and "1 of 2 reproduce the cached test WAUC within 1e-06" in page.read_text()
+
+    with pytest.raises(ValueError, match="No cached runs of \\['amazon6'\\]"):
+        benchmark.main([*args, "--data", "amazon6", "--reproduce", "1"])
+
+
 def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_page(benchmark, tmp_path, monkeypatch):
     monkeypatch.setitem(benchmark.OPTIONS, "slow_lr", ("train.lr=0.0003",))
     args = [*_tiny_args(tmp_path), "--data", "synthetic-D3-effect1", "--options", "slow_lr"]
