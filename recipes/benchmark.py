@@ -388,9 +388,11 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
     The records are appended to `<cache>/reproduced.json`, which the page reports.
     """
     summaries = sorted(cache.glob("*/*/seed*/" + SUMMARY))
-    candidates = [p for p in summaries if any(p.parts[-4] == w or p.parts[-4].startswith(w) for w in wanted)]
+    candidates = [p for p in summaries if any(p.parts[-4] == w or p.parts[-4].startswith(w) for w in wanted)
+                  and "data_options" in json.loads(p.read_text())]  # the first version's runs did not record them
     if not candidates:
-        raise ValueError(f"No cached runs of {wanted} in {cache}; name data keys that the cache holds.")
+        raise ValueError(f"No cached runs of {wanted} with recorded data options in {cache}; name data keys that "
+                         "the cache holds.")
     picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
                                                         replace=False)
     records = []
@@ -422,11 +424,11 @@ def spec_of(summary: dict) -> DataSpec:
 
 def variant_of(summary: dict) -> Variant:
     """The `Variant` of a cached run; its option must still mean the overrides it was run with."""
-    variant = Variant(summary["variant"], summary["model"], summary["mode"], summary["rank_divisor"],
-                      summary["option"])
-    if list(variant.overrides) != summary["option_overrides"]:
-        raise ValueError(f"Option {summary['option']!r} now means {list(variant.overrides)}, but "
-                         f"{summary['variant']} ran with {summary['option_overrides']}; restore the option in OPTIONS.")
+    option, ran_with = summary.get("option", ""), summary.get("option_overrides", [])  # early runs had no options
+    variant = Variant(summary["variant"], summary["model"], summary["mode"], summary["rank_divisor"], option)
+    if list(variant.overrides) != ran_with:
+        raise ValueError(f"Option {option!r} now means {list(variant.overrides)}, but {summary['variant']} ran with "
+                         f"{ran_with}; restore the option in OPTIONS.")
     return variant
 
 
