@@ -383,22 +383,29 @@ REPRODUCED = "reproduced.json"
 def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache, sample_seed: int = 0) -> list[dict]:
     """Train `count` cached runs again from scratch and record how far their test metrics moved.
 
-    The runs are a seeded sample of the cached runs of the data keys (or prefixes) in `wanted`; each is
-    trained with the settings its `summary.json` records, in a temporary folder, with the current code.
-    The records are appended to `<cache>/reproduced.json`, which the page reports.
+    The runs are a seeded sample of the cached runs of the data keys (or prefixes) in `wanted` that were
+    not reproduced before; each is trained with the settings its `summary.json` records, in a temporary
+    folder, with the current code. The records are appended to `<cache>/reproduced.json`, which the page
+    reports.
     """
-    summaries = sorted(cache.glob("*/*/seed*/" + SUMMARY))
-    candidates = [p for p in summaries if any(p.parts[-4] == w or p.parts[-4].startswith(w) for w in wanted)
-                  and "data_options" in json.loads(p.read_text())]  # the first version's runs did not record them
+    path = cache / REPRODUCED
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["data"], r["variant"], r["seed"]) for r in earlier}
+    candidates = []
+    for summary_path in sorted(cache.glob("*/*/seed*/" + SUMMARY)):
+        if any(summary_path.parts[-4] == w or summary_path.parts[-4].startswith(w) for w in wanted):
+            summary = json.loads(summary_path.read_text())
+            if "data_options" in summary and (summary["data"], summary["variant"], summary["seed"]) not in done:
+                candidates.append(summary)  # the first version's runs did not record their data options
     if not candidates:
-        raise ValueError(f"No cached runs of {wanted} with recorded data options in {cache}; name data keys that "
-                         "the cache holds.")
+        raise ValueError(f"No cached runs of {wanted} left to reproduce in {cache} (runs that recorded their data "
+                         f"options and were not reproduced before); name data keys that the cache holds.")
     picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
                                                         replace=False)
     records = []
     with tempfile.TemporaryDirectory() as scratch:
         for index in sorted(picked):
-            cached = json.loads(candidates[index].read_text())
+            cached = candidates[index]
             rerun = run_one(spec_of(cached), variant_of(cached), cached["seed"], Path(scratch), data_cache,
                             cached.get("overrides", []))
             records.append({"data": cached["data"], "variant": cached["variant"], "seed": cached["seed"],
@@ -408,8 +415,6 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
                             "threads": torch.get_num_threads()})
             print(f"reproduced {cached['data']} {cached['variant']} seed {cached['seed']}: test WAUC "
                   f"{cached['test']['wauc']:.6f} cached, {rerun['test']['wauc']:.6f} now", flush=True)
-    path = cache / REPRODUCED
-    earlier = json.loads(path.read_text()) if path.exists() else []
     train_recipe.write_json_atomic(path, earlier + records)
     return records
 

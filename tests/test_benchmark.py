@@ -110,8 +110,10 @@ def test_reproduce_trains_cached_runs_again_and_the_page_reports_how_far_they_mo
     assert moved[0] == pytest.approx(-0.01, abs=1e-9) and moved[1] == 0.0  # same seed, same code: same numbers
     assert "2 cached runs" in page.read_text() and "1 of 2 reproduce the cached test WAUC within 1e-06" in page.read_text()
 
-    with pytest.raises(ValueError, match="No cached runs of \\['amazon6'\\]"):
+    with pytest.raises(ValueError, match="No cached runs of \\['amazon6'\\] left to reproduce"):
         benchmark.main([*args, "--data", "amazon6", "--reproduce", "1"])
+    with pytest.raises(ValueError, match="left to reproduce"):  # both were reproduced already
+        benchmark.main([*args, "--data", "synthetic-D3-effect1", "--reproduce", "1"])
 
 
 def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_page(benchmark, tmp_path, monkeypatch):
