@@ -357,7 +357,9 @@ def reproducibility_section(cache: Path) -> list[str]:
     same = sum(m <= REPRODUCED_TOLERANCE for m in moved)
     lines = [f"{len(records)} cached runs, a seeded sample (`python recipes/benchmark.py --reproduce N`), were trained "
              f"again from scratch with the code of the commit shown: {same} of {len(records)} reproduce the cached "
-             f"test WAUC within {REPRODUCED_TOLERANCE:g}; the largest difference is {max(moved):.2g}.", "",
+             f"test WAUC within {REPRODUCED_TOLERANCE:g}; the largest difference is {max(moved):.2g}."
+             + ("" if same == len(records) else " A run that differs was not reproduced bit for bit: the code changed "
+                "since, or it was trained on another machine (the commands above say where)."), "",
              "| data | model | seed | cached test WAUC | again | difference | epochs (cached, again) | commit, date |",
              "|---|---|---|---|---|---|---|---|"]
     for r in records:

@@ -108,7 +108,9 @@ def test_reproduce_trains_cached_runs_again_and_the_page_reports_how_far_they_mo
         ("synthetic-D3-effect1-0.6k", "mlp", 0), ("synthetic-D3-effect1-0.6k", "mlp+mlora", 0)]
     moved = [r["rerun"]["wauc"] - r["cached"]["wauc"] for r in records]
     assert moved[0] == pytest.approx(-0.01, abs=1e-9) and moved[1] == 0.0  # same seed, same code: same numbers
-    assert "2 cached runs" in page.read_text() and "1 of 2 reproduce the cached test WAUC within 1e-06" in page.read_text()
+    text = page.read_text()
+    assert "2 cached runs" in text and "1 of 2 reproduce the cached test WAUC within 1e-06" in text
+    assert "A run that differs was not reproduced bit for bit" in text
 
     with pytest.raises(ValueError, match="No cached runs of \\['amazon6'\\] left to reproduce"):
         benchmark.main([*args, "--data", "amazon6", "--reproduce", "1"])
