@@ -364,7 +364,7 @@ def reproducibility_section(cache: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['data']} | {r['variant']} | {r['seed']} | {r['cached']['wauc']:.6f} | "
-                     f"{r['rerun']['wauc']:.6f} | {r['rerun']['wauc'] - r['cached']['wauc']:+.2g} | "
+                     f"{r['rerun']['wauc']:.6f} | {r['rerun']['wauc'] - r['cached']['wauc']:+.6f} | "
                      f"{r['cached']['epochs']}, {r['rerun']['epochs']} | {r['commit'] or 'unknown'}, {r['date']} |")
     return lines + [""]
 
