@@ -393,7 +393,7 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
     done = {(r["data"], r["variant"], r["seed"]) for r in earlier}
     candidates = []
     for summary_path in sorted(cache.glob("*/*/seed*/" + SUMMARY)):
-        if any(summary_path.parts[-4] == w or summary_path.parts[-4].startswith(w) for w in wanted):
+        if selected(summary_path.parts[-4], wanted):
             summary = json.loads(summary_path.read_text())
             if "data_options" in summary and (summary["data"], summary["variant"], summary["seed"]) not in done:
                 candidates.append(summary)  # the first version's runs did not record their data options
@@ -402,7 +402,7 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
                          f"options and were not reproduced before); name data keys that the cache holds.")
     picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
                                                         replace=False)
-    records = []
+    records, commit = [], _commit()
     with tempfile.TemporaryDirectory() as scratch:
         for index in sorted(picked):
             cached = candidates[index]
@@ -411,12 +411,17 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
             records.append({"data": cached["data"], "variant": cached["variant"], "seed": cached["seed"],
                             "cached": {k: cached["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": cached["epochs"]},
                             "rerun": {k: rerun["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": rerun["epochs"]},
-                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
                             "threads": torch.get_num_threads()})
             print(f"reproduced {cached['data']} {cached['variant']} seed {cached['seed']}: test WAUC "
                   f"{cached['test']['wauc']:.6f} cached, {rerun['test']['wauc']:.6f} now", flush=True)
     train_recipe.write_json_atomic(path, earlier + records)
     return records
+
+
+def selected(key: str, wanted: list[str]) -> bool:
+    """Whether the data key `key` is one of the keys or prefixes in `wanted` (`--data`)."""
+    return any(key == w or key.startswith(w) for w in wanted)
 
 
 def spec_of(summary: dict) -> DataSpec:
@@ -461,7 +466,7 @@ def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Varia
         raise ValueError(f"--movielens-features {unknown_features} unknown; use ids, side or ids,side.")
     specs += real_specs(args.user_fraction, compositions, args.movielens_domains.split(","), features)
     wanted = args.data.split(",")
-    specs = [s for s in specs if any(s.key == w or s.key.startswith(w) for w in wanted)]
+    specs = [s for s in specs if selected(s.key, wanted)]
     names = args.models.split(",") if args.models else (["mlp", "deepfm"] if quick else models.list_models())
     unknown = sorted(set(names) - set(models.list_models()))
     if unknown:
