@@ -113,12 +113,15 @@ def _name_to_index(name: str, domain_names: Optional[Sequence[str]]) -> int:
 
 
 def find_domain_ids(args: tuple, kwargs: dict, domain_key: str) -> Optional[DomainIds]:
-    """The ids of a call: `domain_ids=` (popped from kwargs) > `args[0][domain_key]` > `domain_context`."""
+    """The ids of a call: `domain_ids=` (popped from kwargs) > `args[0][domain_key]` or the keyword
+    `domain_key=` (left in place, as `transformers.Trainer` passes features) > `domain_context`."""
     explicit = kwargs.pop(DOMAIN_IDS_KWARG, None)
     if explicit is not None:
         return explicit
     if args and isinstance(args[0], Mapping) and domain_key in args[0]:
         return args[0][domain_key]
+    if kwargs.get(domain_key) is not None:
+        return kwargs[domain_key]
     return _context_ids.get()
 
 
