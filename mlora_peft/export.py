@@ -2,8 +2,8 @@
 
 `export_merged` folds one domain into a copy of the base weights and exports the plain model.
 `export_routed` exports the multi-domain model with the per-row domain ids as an input. The usual
-routing groups rows by domain, which needs data-dependent shapes; while `torch.export` traces,
-each adapted layer gathers every row's own `A_d`, `B_d`, `b_d` instead (`layer.gathered_linear`).
+routing may group rows by domain, which needs data-dependent shapes; while `torch.export` traces,
+each adapted layer takes the masked path instead (`masked_linear`: static shapes).
 `export_onnx` writes either program as ONNX when the `onnx` and `onnxscript` packages are present.
 """
 
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram, ShapesCollection
 
 from .layer import MultiDomainLoraLayer
+from .routing import Routing, routed
 
 
 class RoutedForExport(nn.Module):
@@ -42,18 +43,14 @@ class RoutedForExport(nn.Module):
         if not isinstance(model, PeftModel):
             raise TypeError(f"RoutedForExport wraps a PeftModel with an MLoRA adapter, got {type(model).__name__}.")
         self.model = model.get_base_model()
-        self.layers = [m for m in self.model.modules() if isinstance(m, MultiDomainLoraLayer)]
-        if not self.layers:
+        if not any(isinstance(m, MultiDomainLoraLayer) for m in self.model.modules()):
             raise ValueError("The model holds no MLoRA layer; export it with torch.export.export directly.")
+        self.num_domains = model.base_model.routing_config.num_domains
 
     def forward(self, *args: Any, domain_ids: Tensor, **kwargs: Any) -> Any:
-        for layer in self.layers:
-            layer.set_routing(domain_ids)
-        try:
+        ids = domain_ids.reshape(-1)  # (N,)
+        with routed(Routing(ids, self.num_domains, None)):
             return self.model.forward(*args, **kwargs)  # .forward: the routing hooks are bypassed on purpose
-        finally:
-            for layer in self.layers:
-                layer.set_routing(None)
 
 
 def export_routed(

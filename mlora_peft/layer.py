@@ -2,7 +2,9 @@
 
 Each adapter's domains are stacked in one tensor per role: `mdlora_A[name]` is `(D, r, in)`,
 `mdlora_B[name]` is `(D, out, r)` and `mdlora_bias[name]` is `(D, out)`. The layer never looks
-at the batch: the model hands it the rows grouped by domain (`set_routing`) before each forward.
+at the batch and keeps nothing of a call: it reads the routing of the call it runs in
+(`mlora_peft.routing.current_routing`), so threads, asyncio tasks and checkpoint recomputes can
+share one layer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import MultiDomainLoraConfig
-from .routed_linear import DomainSegments, group_by_domain, routed_linear
+from .masked_linear import MASKED_MAX_CODES, masked_linear
+from .routed_linear import routed_linear
+from .routing import Routing, context_routing, current_routing
+
+MERGED_CACHE_SIZE = 32
+"""Per layer, how many one-domain merged weights (`W + s B_d A_d`, `b + b_d`) inference keeps."""
 
 
 class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
@@ -29,12 +36,12 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
     `output_dropout(W x + b) + scaling * B_d A_d dropout(x) + b_d`; the adapter term is not dropped.
 
     Example:
-        >>> import torch
+        >>> import torch, mlora_peft
         >>> from mlora_peft import MultiDomainLoraConfig
         >>> from mlora_peft.layer import MultiDomainLoraLayer
         >>> layer = MultiDomainLoraLayer(torch.nn.Linear(4, 2), "default", MultiDomainLoraConfig(num_domains=3, r=2))
-        >>> layer.set_routing(torch.tensor([0, 2, 1]))
-        >>> layer(torch.randn(3, 4)).shape
+        >>> with mlora_peft.domain_context(torch.tensor([0, 2, 1])):
+        ...     layer(torch.randn(3, 4)).shape
         torch.Size([3, 2])
     """
 
@@ -60,7 +67,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         self.merged_domain: Optional[int] = None
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._routing: Optional[DomainSegments] = None
+        self._merged_cache: dict = {}  # (adapter, domain, dtype, device) -> (source stamp, weight, bias)
         self._created_bias = False
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
@@ -113,28 +120,14 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         self.num_domains[adapter_name] = old + count
         self._init_domains(adapter_name, range(old, old + count), init_weights)
 
-    # ----------------------------------------------------------------------------- routing
-    def set_routing(self, domain_ids: Optional[Tensor | DomainSegments]) -> None:
-        """Give the layer the domain of each row of its next inputs (None clears it).
-
-        While `torch.export` traces, a tensor of ids is kept as it is: grouping rows by domain
-        needs data-dependent shapes, so each row gathers its own domain's weights instead.
-        """
-        if isinstance(domain_ids, Tensor):
-            if torch.compiler.is_exporting():
-                self._routing = domain_ids.reshape(-1)  # (N,)
-                return
-            domains = max(self.num_domains.values())
-            domain_ids = group_by_domain(domain_ids, domains)
-        self._routing = domain_ids
-
+    # ----------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
-            self._check_merged_domain()
+            self._check_merged_domain(current_routing())
             return self.base_layer(x, *args, **kwargs)
         active = [a for a in self.active_adapters if a in self.mdlora_A]
         if not active:
@@ -145,47 +138,91 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
                 "call model.set_adapter(name) to pick one."
             )
         name = active[0]
-        if isinstance(self._routing, Tensor):  # set while exporting: per-row gathers
-            return self._gathered_forward(x, name, self._routing)
-        segments = self._segments_for(x, name)
         flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
-        if flat.shape[0] != segments.num_rows:
-            segments = _repeat_segments(segments, flat.shape[0], self.num_domains[name])
-        out = self._adapter_forward(flat, name, segments)  # (N * L, out)
+        routing = self._routing_for(flat, name)
+        if flat.shape[0] != routing.num_rows:
+            routing = routing.repeated(flat.shape[0])
+        out = self._adapter_forward(flat, name, routing.on(x.device))  # (N * L, out)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _adapter_forward(self, x: Tensor, name: str, segments: DomainSegments) -> Tensor:
+    def _routing_for(self, x: Tensor, adapter_name: str) -> Routing:
+        """The routing of the call this forward runs in; a bare layer reads an enclosing `domain_context`."""
+        domains = self.num_domains[adapter_name]
+        routing = current_routing() or context_routing(domains, None, x.device, x.shape[0])
+        if routing is not None:
+            if routing.num_domains != domains:
+                raise ValueError(
+                    f"The call was routed over {routing.num_domains} domains, but adapter {adapter_name!r} has "
+                    f"{domains}; route with the active adapter's domains (model.set_adapter(name))."
+                )
+            return routing
+        if domains == 1:
+            return Routing(torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1, 0)
+        in_backward = torch._C._current_graph_task_id() != -1  # a checkpointed block recomputed in backward
+        raise ValueError(
+            f"This model has {domains} domains but no domain ids were given"
+            + (" to the activation-checkpointing recompute: call torch.utils.checkpoint.checkpoint(..., "
+               "use_reentrant=False, context_fn=mlora_peft.checkpoint_context_fn) so it routes like the "
+               "forward (reentrant checkpointing cannot carry the ids)." if in_backward else
+               ": call model(..., domain_ids=ids), put ids under the config's domain_key in the batch dict, "
+               "or use `with mlora_peft.domain_context(ids):`.")
+        )
+
+    def _adapter_forward(self, x: Tensor, name: str, routing: Routing) -> Tensor:
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
-        base = self.base_layer
-        tensors = [base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name)]
-        weight, bias, A, B, domain_bias = [_cast(t, dtype) for t in tensors]
-        x = _cast(x, dtype)
+        x = _aligned(_cast(x, dtype))
         dropout = self.mdlora_dropout[name]
         adapter_input = dropout(x) if self.training and isinstance(dropout, nn.Dropout) else None
         output_dropout = self._active_output_dropout()
         with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
-            if output_dropout is None:
-                return routed_linear(x, weight, bias, A, B, domain_bias, segments, self.scaling[name], adapter_input)
-            low_rank = routed_linear(x, None, None, A, B, domain_bias, segments, self.scaling[name], adapter_input)
-            return output_dropout(F.linear(x, weight, bias)) + low_rank  # (N, out)
+            if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
+                weight, bias = self._merged_weights(name, routing.single_domain, dtype, x.device)
+                return F.linear(x, weight, bias)  # (N, out): costs what the plain layer costs
+            base = self.base_layer
+            tensors = [base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name)]
+            weight, bias, A, B, domain_bias = [_cast(t, dtype) for t in tensors]
+            if output_dropout is not None:
+                low_rank = self._routed(x, None, None, A, B, domain_bias, routing, name, adapter_input)
+                return output_dropout(F.linear(x, weight, bias)) + low_rank  # (N, out)
+            return self._routed(x, weight, bias, A, B, domain_bias, routing, name, adapter_input)
 
-    def _gathered_forward(self, x: Tensor, name: str, domain_ids: Tensor) -> Tensor:
-        """The export-friendly path: every row gathers its domain's `A_d`, `B_d`, `b_d` (no grouping)."""
-        rows_per_id = (domain_ids.shape[0],) + (1,) * (x.dim() - 2)
-        ids = domain_ids.view(rows_per_id).expand(x.shape[:-1]).reshape(-1)  # (N * L,)
-        flat = x.reshape(-1, self.in_features)  # (N * L, in)
-        dropout = self.mdlora_dropout[name]
+    def _routed(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], A: Tensor, B: Tensor,
+                domain_bias: Optional[Tensor], routing: Routing, name: str, adapter_input: Optional[Tensor]) -> Tensor:
+        """The routed map by the path that suits the call: grouped or masked (see `uses_masked_path`)."""
+        scaling = self.scaling[name]
+        if routing.single_domain is None and uses_masked_path(x.device, A.shape[0] * A.shape[1]):
+            return masked_linear(x, weight, bias, A, B, domain_bias, routing.domain_ids,
+                                 routing.off_domain(A.shape[0]), scaling, adapter_input)
+        return routed_linear(x, weight, bias, A, B, domain_bias, routing.segments(), scaling, adapter_input)
+
+    def _merged_weights(self, name: str, domain: int, dtype: torch.dtype, device: torch.device
+                        ) -> tuple[Tensor, Optional[Tensor]]:
+        """`W + s B_d A_d` and `b + b_d` of one domain, from a small cache checked against every source tensor.
+
+        An entry is used only while each source is the same tensor with the same storage and version
+        counter (an optimiser step, `load_state_dict` or a merge changes one), so it never serves stale
+        weights. The cache holds derived weights, never a call's inputs, so threads may share it.
+        """
         base = self.base_layer
-        domain_bias = self.mdlora_bias[name] if name in self.mdlora_bias else None
-        output_dropout = self._active_output_dropout()
-        weight, bias = (base.weight, base.bias) if output_dropout is None else (None, None)
-        out = gathered_linear(flat, weight, bias, self.mdlora_A[name], self.mdlora_B[name], domain_bias,
-                              ids, self.scaling[name], dropout(flat))  # (N * L, out)
-        if output_dropout is not None:
-            out = output_dropout(F.linear(flat, base.weight, base.bias)) + out  # (N * L, out)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        sources = (base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name))
+        stamp = tuple(None if t is None else (id(t), t.data_ptr(), t._version) for t in sources)
+        key = (name, domain, dtype, device)
+        entry = self._merged_cache.get(key)
+        if entry is not None and entry[0] == stamp:
+            return entry[1], entry[2]
+        with torch.inference_mode(False), torch.no_grad():
+            delta, domain_bias = self.delta_weight(name, domain)
+            weight = (base.weight.float() + delta).to(device=device, dtype=dtype)  # (out, in)
+            bias = base.bias.float() if base.bias is not None else None
+            if domain_bias is not None:
+                bias = domain_bias.float() if bias is None else bias + domain_bias.float()
+            bias = None if bias is None else bias.to(device=device, dtype=dtype)  # (out,)
+        if len(self._merged_cache) >= MERGED_CACHE_SIZE:
+            self._merged_cache.clear()
+        self._merged_cache[key] = (stamp, weight, bias)
+        return weight, bias
 
     def _active_output_dropout(self) -> Optional[nn.Dropout]:
         """The base layer's `output_dropout` when it acts (training, p > 0): it then drops `W x + b` only."""
@@ -194,24 +231,12 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
             return dropout
         return None
 
-    def _segments_for(self, x: Tensor, adapter_name: str) -> DomainSegments:
-        if self._routing is not None:
-            return self._routing
-        if self.num_domains[adapter_name] == 1:
-            return DomainSegments(torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, None, 0)
-        raise ValueError(
-            f"This model has {self.num_domains[adapter_name]} domains but no domain ids were given: call "
-            "model(..., domain_ids=ids), put ids under the config's domain_key in the batch dict, or use "
-            "`with mlora_peft.domain_context(ids):`."
-        )
-
-    def _check_merged_domain(self) -> None:
-        routing = self._routing
-        if routing is None:
-            return
-        if routing.single_domain == self.merged_domain:
+    def _check_merged_domain(self, routing: Optional[Routing]) -> None:
+        if routing is None or routing.single_domain == self.merged_domain:
             return
         present = sorted(set(routing.domain_ids.unique().tolist()))
+        if present == [self.merged_domain]:
+            return
         raise ValueError(
             f"Domain {self.merged_domain} is merged into the weights, but the batch holds domains {present}; "
             "call unmerge_adapter() first, or send only that domain's rows."
@@ -227,26 +252,40 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None, domain: int = 0) -> None:
-        """Fold domain `domain` of the active (or given) adapters into the base weight and bias."""
+        """Fold domain `domain` of the active (or given) adapters into the base weight and bias.
+
+        Adapters already merged are skipped with a warning, as PEFT does; another domain than the one
+        merged is refused (a layer holds one domain's weights at a time).
+
+        Raises:
+            ValueError: another domain is merged, `domain` is out of range, or `safe_merge` finds a
+                non-finite weight or bias.
+        """
         names = [a for a in (adapter_names or self.active_adapters) if a in self.mdlora_A]
-        if self.merged:
-            raise ValueError(f"Domain {self.merged_domain} is already merged; call unmerge_adapter() first.")
+        if self.merged and domain != self.merged_domain:
+            raise ValueError(
+                f"Domain {self.merged_domain} is already merged; call unmerge_adapter() before merging domain {domain}."
+            )
+        if already := [n for n in names if n in self.merged_adapters]:
+            warnings.warn(f"Adapters {already} are already merged (domain {domain}); nothing to do for them.")
         base = self.get_base_layer()
-        for name in names:
+        for name in (n for n in names if n not in self.merged_adapters):
             if not 0 <= domain < self.num_domains[name]:
                 raise ValueError(f"domain={domain} is out of range for {self.num_domains[name]} domains.")
             delta, bias = self.delta_weight(name, domain)
             new_weight = base.weight.data + delta.to(base.weight.dtype)
-            if safe_merge and not torch.isfinite(new_weight).all():
-                raise ValueError(f"Merging domain {domain} of adapter {name!r} gives non-finite weights.")
+            new_bias = None if bias is None else (0 if base.bias is None else base.bias.data) + bias.to(base.weight.dtype)
+            if safe_merge and not all(torch.isfinite(t).all() for t in (new_weight, new_bias) if t is not None):
+                raise ValueError(f"Merging domain {domain} of adapter {name!r} gives non-finite weights or biases; "
+                                 "the adapter is left unmerged.")
             base.weight.data = new_weight
-            if bias is not None:
-                if base.bias is None:
-                    base.bias = nn.Parameter(torch.zeros_like(bias), requires_grad=False)
+            if new_bias is not None:
+                if base.bias is None:  # created in the weight's dtype, and removed again by unmerge()
+                    base.bias = nn.Parameter(torch.zeros_like(new_bias), requires_grad=False)
                     self._created_bias = True
-                base.bias.data = base.bias.data + bias.to(base.bias.dtype)
+                base.bias.data = new_bias.to(base.bias.dtype)
             self.merged_adapters.append(name)
-        self.merged_domain = domain
+            self.merged_domain = domain
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -270,62 +309,25 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         return "mdlora." + super().__repr__()
 
 
+def _aligned(x: Tensor) -> Tensor:
+    """`x`, copied when its memory does not start on a 64-byte boundary (e.g. read from a safetensors file).
+
+    CPU matrix kernels may sum in another order for unaligned inputs, so outputs would depend on
+    where the input's memory starts; inputs torch allocates are aligned and pass through free.
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or x.data_ptr() % 64 == 0:
+        return x
+    return x.clone()
+
+
 def _cast(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     """`tensor` in `dtype` (None stays None); no call at all when it already is, which saves time per step."""
     return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
 
 
-def _repeat_segments(segments: DomainSegments, rows: int, num_domains: int) -> DomainSegments:
-    """Segments for an input with several rows per sample (e.g. `(N, L, in)` flattened to `(N*L, in)`)."""
-    per_sample = rows // segments.num_rows
-    if per_sample * segments.num_rows != rows:
-        raise ValueError(
-            f"The layer input has {rows} rows but {segments.num_rows} domain ids were given; pass one id per "
-            "sample of the batch (ids of shape (N,) for inputs of shape (N, ..., features))."
-        )
-    if segments.single_domain is not None:
-        ids = segments.domain_ids[:1].expand(rows)
-        return DomainSegments(ids, None, None, segments.single_domain)
-    return group_by_domain(segments.domain_ids.repeat_interleave(per_sample), num_domains)
-
-
-def gathered_linear(
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    lora_A: Tensor,
-    lora_B: Tensor,
-    domain_bias: Optional[Tensor],
-    domain_ids: Tensor,
-    scaling: float,
-    adapter_input: Tensor,
-) -> Tensor:
-    """`x @ W^T + b + scaling * B_d A_d a + b_d` per row, gathering each row's weights.
-
-    Same result as `routed_linear`, with no data-dependent shapes, so `torch.export` can trace it;
-    it holds an `(N, r, in)` and an `(N, out, r)` copy of the gathered weights, fine for inference.
-
-    Args:
-        x: `(N, in)` layer input; `adapter_input` is the input of the low-rank term (x after dropout).
-        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None); weight None
-            skips the base product `W x`, as in `routed_linear`.
-        lora_A, lora_B, domain_bias: the `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks.
-        domain_ids: `(N,)` int64 domain of each row, in [0, D).
-        scaling: factor of the low-rank term.
-
-    Returns:
-        `(N, out)` output.
-    """
-    dtype = x.dtype
-    A = lora_A.to(dtype).index_select(0, domain_ids)  # (N, r, in)
-    B = lora_B.to(dtype).index_select(0, domain_ids)  # (N, out, r)
-    codes = torch.bmm(A, adapter_input.unsqueeze(-1)) * scaling  # (N, r, 1)
-    out = torch.bmm(B, codes).squeeze(-1)  # (N, out)
-    bias = None if bias is None else bias.to(dtype)
-    if weight is not None:
-        out = F.linear(x, weight.to(dtype), bias) + out  # (N, out)
-    elif bias is not None:
-        out = out + bias  # (N, out)
-    if domain_bias is not None:
-        out = out + domain_bias.to(dtype).index_select(0, domain_ids)  # (N, out)
-    return out
+def uses_masked_path(device: torch.device, codes: int) -> bool:
+    """Whether a mixed batch takes the masked path: always while compiling or exporting (static shapes)
+    and off the CPU (no wait for the device); on the CPU while D * r is at most `MASKED_MAX_CODES`."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or device.type != "cpu":
+        return True
+    return codes <= MASKED_MAX_CODES

@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import MultiDomainLoraConfig
 from .layer import MultiDomainLoraLayer
-from .routing import clear_routing, route
+from .routing import end_routing, route
 
 PREFIX = "mdlora_"
 _HOOK_HANDLES = "_mdlora_hook_handles"
@@ -67,7 +67,7 @@ class MultiDomainLoraModel(BaseTuner):
         if not getattr(model, _HOOK_HANDLES, None):
             setattr(model, _HOOK_HANDLES, [
                 model.register_forward_pre_hook(route, with_kwargs=True),
-                model.register_forward_hook(clear_routing, with_kwargs=True, always_call=True),
+                model.register_forward_hook(end_routing, with_kwargs=True, always_call=True),
             ])
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
@@ -81,6 +81,13 @@ class MultiDomainLoraModel(BaseTuner):
     def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         self.model._mdlora_routing_config = self.peft_config[self.active_adapters[0]]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter; calls then route with the domains of the adapter that is active after it."""
+        super().delete_adapter(adapter_name)
+        remaining = [name for name in self.active_adapters if name in self.peft_config]
+        if remaining:
+            self.model._mdlora_routing_config = self.peft_config[remaining[0]]
 
     # ------------------------------------------------------------------------------ domains
     @property
@@ -178,9 +185,11 @@ class MultiDomainLoraModel(BaseTuner):
                       domain: Union[int, str, None] = None) -> None:
         """Fold one domain's adapter and bias into the base weights (undo with `unmerge_adapter`).
 
-        While merged, a batch holding any other domain is refused.
+        While merged, a batch holding any other domain is refused. With `domain=None` on a model
+        already merged, the merged domain is kept (merge, evaluate, then `merge_and_unload()` works).
         """
-        index = self._domain_to_merge(domain)
+        merged = {m.merged_domain for m in self.model.modules() if isinstance(m, MultiDomainLoraLayer) and m.merged}
+        index = merged.pop() if domain is None and len(merged) == 1 else self._domain_to_merge(domain)
         for module in self.model.modules():
             if isinstance(module, MultiDomainLoraLayer):
                 module.merge(safe_merge=safe_merge, adapter_names=adapter_names, domain=index)

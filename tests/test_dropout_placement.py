@@ -8,6 +8,8 @@ import pytest
 import torch
 from peft import get_peft_model
 
+import mlora_peft
+import mlora_peft.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.models import CTRConfig, CTRModel, DeepTower, OutputDropoutLinear, build_model, list_models
 from tests.reference import low_rank_reference, mlora_linear_reference
@@ -45,8 +47,7 @@ def test_training_drops_the_base_output_and_never_the_adapter_term():
     layer = adapter_layer(model)
     assert isinstance(layer.base_layer, OutputDropoutLinear)
     x, ids = torch.randn(200, 6), torch.arange(200) % DOMAINS
-    layer.set_routing(ids)
-    with torch.no_grad():
+    with torch.no_grad(), mlora_peft.domain_context(ids):
         out = layer(x)  # pre-ReLU output of the tower's first layer
         base = x @ layer.base_layer.weight.t() + layer.base_layer.bias
         low_rank = low_rank_reference(x, layer.mdlora_A["default"], layer.mdlora_B["default"],
@@ -65,9 +66,9 @@ def test_training_values_and_gradients_match_the_reference_with_the_same_mask():
     for param in layer.base_layer.parameters():  # train the base too (joint training): its gradients are checked
         param.requires_grad_(True)
     x, ids = torch.randn(30, 6, requires_grad=True), torch.tensor([0, 2, 1] * 10)
-    layer.set_routing(ids)
     torch.manual_seed(5)
-    out = layer(x)
+    with mlora_peft.domain_context(ids):
+        out = layer(x)
     torch.manual_seed(5)  # the same draw again: the dropout mask of an (N, out) tensor
     mask = torch.nn.functional.dropout(torch.ones(30, 8), P, training=True)  # 0 or 1/(1-p)
     base_layer = layer.base_layer
@@ -82,19 +83,19 @@ def test_training_values_and_gradients_match_the_reference_with_the_same_mask():
         torch.testing.assert_close(got, want)
 
 
-def test_gathered_export_path_places_the_dropout_the_same_way():
+@pytest.mark.parametrize("masked", [True, False])
+def test_both_routing_paths_place_the_dropout_the_same_way(masked, monkeypatch):
+    monkeypatch.setattr(mlora_peft.layer, "uses_masked_path", lambda device, codes: masked)
     layer = adapter_layer(adapted_tower("base_output").train())
     x, ids = torch.randn(30, 6), torch.tensor([0, 2, 1] * 10)
     torch.manual_seed(5)
-    out = layer._gathered_forward(x, "default", ids)
+    with mlora_peft.domain_context(ids):
+        out = layer(x)
     torch.manual_seed(5)
     mask = torch.nn.functional.dropout(torch.ones(30, 8), P, training=True)  # 0 or 1/(1-p)
     low_rank = low_rank_reference(x, layer.mdlora_A["default"], layer.mdlora_B["default"],
                                   layer.mdlora_bias["default"], ids, layer.scaling["default"])
     torch.testing.assert_close(out, mask * (x @ layer.base_layer.weight.t() + layer.base_layer.bias) + low_rank)
-    layer.eval()
-    layer.set_routing(ids)
-    torch.testing.assert_close(layer._gathered_forward(x, "default", ids), layer(x))
 
 
 def test_a_sample_only_updates_its_own_domain():
@@ -120,8 +121,8 @@ def test_eval_output_is_the_same_for_both_placements_and_the_reference():
     first = mlora_linear_reference(x, layer.base_layer.weight, layer.base_layer.bias, layer.mdlora_A["default"],
                                    layer.mdlora_B["default"], layer.mdlora_bias["default"], ids,
                                    layer.scaling["default"])
-    layer.set_routing(ids)
-    torch.testing.assert_close(layer(x), first)
+    with mlora_peft.domain_context(ids):
+        torch.testing.assert_close(layer(x), first)
 
 
 def test_zero_dropout_in_training_is_the_plain_routed_path():

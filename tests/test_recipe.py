@@ -212,8 +212,10 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, train):
     halves = train.main(train.load_config(TINY, [*common, f"output_dir={tmp_path / 'acc'}",
                                                  f"train.batch_size={batch // 2}",
                                                  "train.gradient_accumulation_steps=2"]))
-    assert halves["wauc"] == pytest.approx(full["wauc"], abs=1e-5)
-    assert halves["logloss"] == pytest.approx(full["logloss"], abs=1e-5)
+    # float32 sums run in another order over two halves; two epochs carry that to ~2e-5 (a wrong
+    # accumulation scale moves these by orders of magnitude more)
+    assert halves["wauc"] == pytest.approx(full["wauc"], abs=1e-4)
+    assert halves["logloss"] == pytest.approx(full["logloss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("composition", ["per_domain", "sorted"])

@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from ..routing import to_domain_tensor
+from ..routing import make_routing
 from .tower import check_count, check_dropout
 
 
@@ -157,12 +157,9 @@ class MultiDomainBaseline(nn.Module):
                 f"The batch has no {self.domain_key!r} column (it has {sorted(batch)}); multi-domain models read "
                 "each row's domain from it. Add it, or build the model with domain_key='<your column>'."
             )
-        ids = to_domain_tensor(batch[self.domain_key], self.num_domains)
-        if ids.dim() == 0:
-            return ids.expand(rows)  # (rows,)
-        if ids.shape[0] != rows:
-            raise ValueError(f"Got {ids.shape[0]} domain ids for {rows} rows; give one id per row.")
-        return ids
+        raw = batch[self.domain_key]
+        device = raw.device if isinstance(raw, Tensor) else None
+        return make_routing(raw, self.num_domains, None, device, rows).domain_ids  # (rows,)
 
     def domain_groups(self, batch: Mapping[str, Tensor], rows: int) -> DomainGroups:
         """The batch's rows grouped by their domain."""

@@ -1,0 +1,130 @@
+"""The masked multi-domain linear map: static shapes, no grouping, no wait for the device.
+
+For rows `x_n` of domain `d_n` it computes `W x_n + b + s * B_d A_d a_n + b_d` as a few dense
+products: every domain's rank-r codes in one product `a @ A_all^T` (`(N, D*r)`), the codes of the
+other domains zeroed, one product back through all the stacked B (`(D*r, out)`), and the domain
+bias gathered per row. The extra work grows with D * r, but every shape is known from the inputs'
+shapes, so `torch.compile(fullgraph=True)`, `torch.export` and CUDA graphs see one static graph,
+and a GPU never waits for the host. On the CPU it is also the faster path while D * r is small
+(see `MASKED_MAX_CODES`); the grouped path (`routed_linear`) takes over above it.
+
+Forward and backward are written by hand: at CTR sizes a step costs what its number of small
+operations costs, and the hand-written backward needs ten products and masks per layer where
+autograd's derivation of the same maths needs more.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+MASKED_MAX_CODES = 256
+"""The largest `D * r` (domains times rank) for which a CPU layer takes the masked path.
+
+Measured with `benchmarks/bench_routing_paths.py` on 2 CPU threads (forward + backward of a
+256 -> 128 layer, batches of 1,024 and 4,096 mixed rows): the masked path is faster up to
+D * r of about 200-400 and slower above; 256 is the crossover rounded down."""
+
+
+def masked_linear(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    lora_A: Tensor,
+    lora_B: Tensor,
+    domain_bias: Optional[Tensor],
+    domain_ids: Tensor,
+    off_domain: Tensor,
+    scaling: float,
+    adapter_input: Optional[Tensor] = None,
+) -> Tensor:
+    """`x @ W^T + b + scaling * B_d A_d a + b_d` per row, for 2-D `x` of shape `(N, in)`.
+
+    Args:
+        x: `(N, in)` layer input.
+        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None); weight None
+            skips the base product `W x`, leaving `b + scaling * B_d A_d a + b_d`.
+        lora_A: `(D, r, in)` stacked down-projections.
+        lora_B: `(D, out, r)` stacked up-projections.
+        domain_bias: `(D, out)` per-domain biases, or None.
+        domain_ids: `(N,)` int64 domain of each row, in [0, D).
+        off_domain: `(N, D, 1)` bool, True where row n's domain is not d (`Routing.off_domain`).
+        scaling: factor of the low-rank term.
+        adapter_input: the input of the low-rank term when it differs from `x` (dropout).
+
+    Returns:
+        `(N, out)` output.
+    """
+    return _MaskedLinear.apply(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, domain_ids,
+                               off_domain, scaling)
+
+
+class _MaskedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, domain_ids, off_domain, scaling):
+        a = x if adapter_input is None else adapter_input
+        domains, rank, fan_in = lora_A.shape
+        A_all = lora_A.reshape(domains * rank, fan_in)  # (D*r, in), a view
+        B_all = lora_B.transpose(1, 2).reshape(domains * rank, -1)  # (D*r, out)
+        codes = (a @ A_all.t()).view(-1, domains, rank).masked_fill_(off_domain, 0)  # (N, D, r)
+        codes = codes.view(-1, domains * rank)  # (N, D*r)
+        row_bias = _row_bias(bias, domain_bias, domain_ids)  # (N, out), (1, out) or None
+        if weight is None:
+            out = codes @ B_all if scaling == 1.0 else torch.mm(codes, B_all).mul_(scaling)  # (N, out)
+            out = out if row_bias is None else out.add_(row_bias)
+        else:
+            out = x @ weight.t() if row_bias is None else torch.addmm(row_bias, x, weight.t())  # (N, out)
+            out.addmm_(codes, B_all, alpha=scaling)
+        ctx.scaling, ctx.has_adapter_input = scaling, adapter_input is not None
+        ctx.save_for_backward(x, a if adapter_input is not None else None, codes, weight, A_all, B_all,
+                              domain_ids, off_domain)
+        ctx.domain_bias_shape = None if domain_bias is None else domain_bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, adapter_input, codes, weight, A_all, B_all, domain_ids, off_domain = ctx.saved_tensors
+        a = x if adapter_input is None else adapter_input
+        need = ctx.needs_input_grad  # x, adapter_input, weight, bias, A, B, domain_bias, ...
+        domains_rank, fan_in = A_all.shape
+        domains = off_domain.shape[1]
+        need_grad_a = need[1] or (need[0] and not ctx.has_adapter_input)
+        grad_x = grad_a = grad_w = grad_b = grad_A = grad_B = grad_db = None
+        if need[4] or need_grad_a:
+            grad_codes = (grad_out @ B_all.t()).view(-1, domains, domains_rank // domains)  # (N, D, r)
+            grad_codes = grad_codes.masked_fill_(off_domain, 0).view(-1, domains_rank)  # (N, D*r)
+            if ctx.scaling != 1.0:
+                grad_codes.mul_(ctx.scaling)
+        if need[4]:
+            grad_A = (grad_codes.t() @ a).view(domains, -1, fan_in)  # (D, r, in)
+        if need[5]:
+            grad_B = torch.mm(grad_out.t(), codes)  # (out, D*r)
+            grad_B = (grad_B if ctx.scaling == 1.0 else grad_B.mul_(ctx.scaling)).view(-1, domains, domains_rank // domains)
+            grad_B = grad_B.permute(1, 0, 2)  # (D, out, r)
+        if need_grad_a:
+            grad_a = grad_codes @ A_all  # (N, in)
+        if need[6]:
+            grad_db = grad_out.new_zeros(ctx.domain_bias_shape).index_add_(0, domain_ids, grad_out)  # (D, out)
+            if need[3]:  # the base bias gradient is the sum of the domains' (one pass over grad_out saved)
+                grad_b = grad_db.sum(0)
+        if need[0] and weight is None:
+            grad_x, grad_a = (None, grad_a) if ctx.has_adapter_input else (grad_a, None)
+        elif need[0] and ctx.has_adapter_input:
+            grad_x = grad_out @ weight  # (N, in)
+        elif need[0]:
+            grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
+        if need[2]:
+            grad_w = grad_out.t() @ x  # (out, in)
+        if need[3] and grad_b is None:
+            grad_b = grad_out.sum(0)
+        return grad_x, grad_a, grad_w, grad_b, grad_A, grad_B, grad_db, None, None, None
+
+
+def _row_bias(bias: Optional[Tensor], domain_bias: Optional[Tensor], domain_ids: Tensor) -> Optional[Tensor]:
+    """The bias each row gets: `(N, out)` base plus its domain's bias, `(1, out)` base only, or None."""
+    if domain_bias is None:
+        return None if bias is None else bias.unsqueeze(0)
+    per_domain = domain_bias if bias is None else domain_bias + bias  # (D, out)
+    return per_domain.index_select(0, domain_ids)  # (N, out)
