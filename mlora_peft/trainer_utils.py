@@ -11,17 +11,8 @@ as it is. Two `TrainingArguments` make the rest work:
   order as the logits. The domain column still reaches the model, which routes each row by it.
 
 `transformers.default_data_collator` (the `Trainer` default) renames the `label` column to
-`labels` and stacks the rest, so `MultiDomainData` splits need no collator of their own.
-
-Example:
-    >>> import numpy as np
-    >>> from transformers import EvalPrediction
-    >>> compute_metrics = domain_metrics(["a", "b"])
-    >>> logits = np.array([-1.0, 2.0, 0.5, -0.5], dtype=np.float32)
-    >>> labels, domain_ids = np.array([0.0, 1.0, 1.0, 0.0]), np.array([0, 0, 1, 1])
-    >>> metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=(labels, domain_ids)))
-    >>> metrics["a/auc"], metrics["wauc"], sorted(metrics)
-    (1.0, 1.0, ['a/auc', 'a/logloss', 'b/auc', 'b/logloss', 'logloss', 'mean_auc', 'wauc'])
+`labels` and stacks the rest, so `MultiDomainData` splits need no collator of their own. The
+guide "Train with transformers' Trainer" (docs/guides/trainer.md) puts it together.
 """
 
 from __future__ import annotations
@@ -52,6 +43,16 @@ def domain_metrics(domain_names: Sequence[str]) -> Callable[[EvalPrediction], di
 
     Raises:
         ValueError: (when called) `label_ids` without the domain ids, or predictions of another length.
+
+    Example:
+        >>> import numpy as np
+        >>> from transformers import EvalPrediction
+        >>> compute_metrics = domain_metrics(["a", "b"])
+        >>> logits = np.array([-1.0, 2.0, 0.5, -0.5], dtype=np.float32)
+        >>> labels, domain_ids = np.array([0.0, 1.0, 1.0, 0.0]), np.array([0, 0, 1, 1])
+        >>> metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=(labels, domain_ids)))
+        >>> metrics["a/auc"], metrics["wauc"], sorted(metrics)
+        (1.0, 1.0, ['a/auc', 'a/logloss', 'b/auc', 'b/logloss', 'logloss', 'mean_auc', 'wauc'])
     """
     names = list(domain_names)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 
 import numpy as np
@@ -100,3 +102,9 @@ def test_metrics_without_the_domain_ids_name_the_label_names_fix():
     prediction = EvalPrediction(predictions=np.zeros(4, np.float32), label_ids=np.array([0.0, 1.0, 1.0, 0.0]))
     with pytest.raises(ValueError, match=r"label_names=\['labels', 'domain_id'\]"):
         compute_metrics(prediction)
+
+
+@pytest.mark.parametrize("module", ["mlora_peft.trainer_utils", "mlora_peft.evaluation"])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted and result.failed == 0
