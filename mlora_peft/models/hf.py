@@ -79,6 +79,12 @@ class CTROutput(ModelOutput):
     Args:
         loss: mean binary cross-entropy of `logits` against the labels; None when no labels were given.
         logits: click logits, shape `(N,)`; `torch.sigmoid(logits)` is the click probability.
+
+    Example:
+        >>> import torch
+        >>> output = CTROutput(logits=torch.tensor([0.0, 2.0]))
+        >>> output.loss is None, output.to_tuple()
+        (True, (tensor([0., 2.]),))
     """
 
     loss: Optional[Tensor] = None
