@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .metrics import domain_report
 
@@ -17,18 +17,31 @@ from .metrics import domain_report
 def predict(model: nn.Module, loader: Iterable[dict], accelerator) -> dict[str, np.ndarray]:
     """Labels, click probabilities and domain ids of every row, gathered from all processes.
 
-    `gather_for_metrics` drops the rows accelerate repeats to even out the last batch.
+    `gather_for_metrics` drops the rows accelerate repeats to even out the last batch. The model
+    returns `(N,)` logits, or an output with a `logits` field (`CTRModel`'s `CTROutput`).
     """
     was_training = model.training
     model.eval()
     columns: dict[str, list] = {"label": [], "probability": [], "domain_id": []}
     for batch in loader:
-        probability = torch.sigmoid(model(batch).float())
+        probability = torch.sigmoid(logits_of(model(batch)).float())
         gathered = accelerator.gather_for_metrics((batch["label"], probability, batch["domain_id"]))
         for key, value in zip(columns, gathered):
             columns[key].append(value.cpu())
     model.train(was_training)
     return {k: torch.cat(v).numpy() if v else np.empty(0) for k, v in columns.items()}
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model call: the tensor itself, or `output.logits` (a transformers `ModelOutput`).
+
+    Example:
+        >>> import torch
+        >>> from mlora_peft.models import CTROutput
+        >>> logits_of(torch.zeros(2)), logits_of(CTROutput(logits=torch.ones(2)))
+        (tensor([0., 0.]), tensor([1., 1.]))
+    """
+    return getattr(output, "logits", output)
 
 
 def evaluate(model: nn.Module, loader: Iterable[dict], accelerator, domain_names: Sequence[str]) -> dict:

@@ -1,6 +1,6 @@
 """The documentation site: every page's Python blocks run, generated pages are fresh, the API is documented.
 
-docs/guides/new-domain.md and docs/guides/serving.md run in tests/test_guides.py (against a
+docs/guides/new-domain.md, docs/guides/serving.md and docs/guides/trainer.md run in tests/test_guides.py (against a
 loopback Hub) and README.md in tests/test_readme_and_recipe.py; every other page's ```python
 blocks run here, in order, one page at a time in its own namespace and temporary folder (in
 this process: a fresh interpreter per page would double the time these tests take).
@@ -21,7 +21,7 @@ import mlora_peft
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-RUN_ELSEWHERE = {"guides/new-domain.md", "guides/serving.md"}  # tests/test_guides.py
+RUN_ELSEWHERE = {"guides/new-domain.md", "guides/serving.md", "guides/trainer.md"}  # tests/test_guides.py
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 
 
@@ -71,7 +71,7 @@ def test_public_doctests_pass(module):
 
 def test_api_reference_covers_the_documented_modules():
     pages = {p.stem: p.read_text() for p in (DOCS / "reference" / "api").glob("*.md")}
-    for module in ["models", "data", "export", "metrics", "evaluation", "features"]:
+    for module in ["models", "data", "export", "metrics", "evaluation", "trainer_utils", "features"]:
         assert f"::: mlora_peft.{module}\n" in pages[module]
 
 

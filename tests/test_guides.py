@@ -1,10 +1,13 @@
-"""The guides' code runs as written: docs/guides/new-domain.md against a loopback Hub, docs/guides/serving.md."""
+"""The guides' code runs as written: docs/guides/new-domain.md against a loopback Hub, docs/guides/serving.md,
+docs/guides/trainer.md."""
 
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.hub_server import HubServer
 
@@ -31,3 +34,15 @@ def test_new_domain_guide_runs_and_touches_only_the_new_domain(tmp_path):
 def test_serving_guide_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_guide_code("serving.md"), "docs/guides/serving.md", "exec"), {"__name__": "serving_guide"})
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft calls it
+def test_trainer_guide_runs_and_reports_every_domain(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "trainer_guide"}
+    exec(compile(_guide_code("trainer.md"), "docs/guides/trainer.md", "exec"), namespace)
+    metrics, data, trainer = namespace["metrics"], namespace["data"], namespace["trainer"]
+    assert trainer.state.global_step == namespace["args"].max_steps
+    assert {f"test_{name}/auc" for name in data.domain_names} <= set(metrics)
+    assert metrics["test_mean_auc"] > 0.6  # learnt something: an untrained model scores about 0.5
+    assert sorted(p.name for p in (tmp_path / "ctr-adapter" / "domains").iterdir()) == list(data.domain_names)

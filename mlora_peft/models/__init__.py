@@ -4,7 +4,8 @@ Every model is a plain `nn.Module` built as `build_model(name, features, **optio
 `forward(batch)` takes a dict of feature tensors and returns `(N,)` logits. The backbones declare
 `mlora_target_modules` (their deep tower's hidden layers), which `MultiDomainLoraConfig` uses when
 `target_modules` is not given. The baselines take `num_domains` and read each row's domain from
-`batch["domain_id"]`. `CTRConfig` / `CTRModel` make any of them a transformers model.
+`batch["domain_id"]`. `CTRConfig` / `CTRModel` make any of them a transformers model, whose
+forward returns a `CTROutput` (`loss`, `logits`) and trains under `transformers.Trainer`.
 
 Example:
     >>> import torch
@@ -16,7 +17,7 @@ Example:
 """
 
 from .embedding import FeatureEmbedding, LinearTerm
-from .hf import CTRConfig, CTRModel, register_auto_classes
+from .hf import CTRConfig, CTRModel, CTROutput, register_auto_classes
 from .multidomain import MultiDomainBaseline
 from .params import ParameterCount, adapter_parameters_per_domain, count_parameters, parameter_table
 from .registry import MODELS, build_model, list_models, model_class, model_options
@@ -29,6 +30,7 @@ __all__ = [
     "Backbone",
     "CTRConfig",
     "CTRModel",
+    "CTROutput",
     "DeepTower",
     "FeatureEmbedding",
     "LinearTerm",
