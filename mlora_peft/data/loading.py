@@ -236,7 +236,7 @@ def load_multidomain(
                                fingerprint=generate_random_fingerprint())  # hashing every row would be slow
         for name in SPLIT_NAMES
     })
-    _check_label_classes(splits, encoder.domain_names, str(rule))
+    _check_label_classes(splits, encoder.domain_names, rule)
     return MultiDomainData(splits, encoder, embedding_dim)
 
 
@@ -259,7 +259,14 @@ def _check_text_cells(table: pa.Table, inferred_sparse: list[str], dense: list[s
             )
 
 
-def _check_label_classes(splits: datasets.DatasetDict, domain_names: Sequence[str], label: str) -> None:
+def _label_hint(rule: LabelRule) -> str:
+    if rule.op is None:
+        return (f"Check that {rule.column!r} is the click column and holds both classes, or pass a rule on a "
+                "numeric column, e.g. label='rating>=4'.")
+    return f"Check the rule against the values of {rule.column!r} (is the threshold {rule.threshold:g} right?)."
+
+
+def _check_label_classes(splits: datasets.DatasetDict, domain_names: Sequence[str], rule: LabelRule) -> None:
     """Refuse a train split with one label class; warn for each split's domains with one class."""
     columns = {name: split.with_format("numpy", columns=[DOMAIN_COLUMN, LABEL_COLUMN])[:]
                for name, split in splits.items()}
@@ -267,10 +274,9 @@ def _check_label_classes(splits: datasets.DatasetDict, domain_names: Sequence[st
     if train.size and train.min() == train.max():
         everywhere = all((c[LABEL_COLUMN] == train[0]).all() for c in columns.values())
         raise ValueError(
-            f"Label {label!r} is {train[0]:g} in all {train.size} train rows"
+            f"Label {str(rule)!r} is {train[0]:g} in all {train.size} train rows"
             f"{' (and in every row of the data)' if everywhere else ''}: a CTR model needs clicks and "
-            "non-clicks to learn from, and AUC is undefined with one class. Check the label column or rule "
-            "(e.g. label='rating>=4' gives 1 to ratings of 4 and 5), and that the data holds both classes."
+            f"non-clicks to learn from, and AUC is undefined with one class. {_label_hint(rule)}"
         )
     for split_name, split in columns.items():
         rows = np.bincount(split[DOMAIN_COLUMN], minlength=len(domain_names))
