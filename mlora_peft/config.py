@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -129,11 +130,7 @@ class MultiDomainLoraConfig(PeftConfig):
 
     def _check_domains(self) -> None:
         if self.domain_names is not None:
-            names = list(self.domain_names)
-            if not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(f"domain_names={self.domain_names!r} must be a non-empty list of non-empty strings.")
-            if len(set(names)) != len(names):
-                raise ValueError(f"domain_names={names!r} holds duplicates; give each domain one unique name.")
+            names = check_domain_names(self.domain_names, "domain_names")
             if self.num_domains is not None and self.num_domains != len(names):
                 raise ValueError(
                     f"num_domains={self.num_domains} disagrees with the {len(names)} domain_names; "
@@ -169,6 +166,10 @@ class MultiDomainLoraConfig(PeftConfig):
         """The factor multiplying `B_d A_d x` in a layer of rank `rank`."""
         return 1.0 if self.lora_alpha is None else self.lora_alpha / rank
 
+    def check_new_domains(self, names: Sequence[str]) -> list[str]:
+        """Names for `add_domains`, checked as `domain_names` is (see `check_domain_names`) and not already used."""
+        return check_domain_names(names, "add_domains", used=self.domain_names or ())
+
     def domain_index(self, name: str) -> int:
         """The index of domain `name`; raises `ValueError` naming the known domains."""
         if self.domain_names is None:
@@ -180,3 +181,52 @@ class MultiDomainLoraConfig(PeftConfig):
             return self.domain_names.index(name)
         except ValueError:
             raise ValueError(f"Unknown domain {name!r}; known domains: {self.domain_names}.") from None
+
+
+def check_domain_names(names: Sequence[str], argument: str, used: Sequence[str] = ()) -> list[str]:
+    """Domain names as a list, refusing a bare string, empty or non-string names, duplicates and names in `used`.
+
+    The config's `domain_names` and `add_domains` share this check, so both accept the same names.
+
+    Args:
+        names: the names given.
+        argument: how the caller spells the argument in messages, e.g. `"domain_names"` or `"add_domains"`.
+        used: names the adapter already has.
+
+    Returns:
+        The names as a new list.
+
+    Raises:
+        TypeError: a string (it would split into one-letter domains) or another non-sequence.
+        ValueError: no names, a name that is not a non-empty string, a duplicate, or a name in `used`.
+
+    Example:
+        >>> check_domain_names(("fr", "de"), "domain_names")
+        ['fr', 'de']
+    """
+    call = f"{argument}(" if argument == "add_domains" else f"{argument}="
+    close = ")" if argument == "add_domains" else ""
+    if isinstance(names, (str, bytes)):
+        raise TypeError(
+            f"{call}{names!r}{close} is a string, which would split into one-letter domains; pass a list of "
+            f"names, e.g. {call}[{names!r}]{close}."
+        )
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{call}{names!r}{close} must be a list of domain names, e.g. {call}['fr', 'de']{close}.")
+    names = list(names)
+    bad = [n for n in names if not (isinstance(n, str) and n)]
+    if not names or bad:
+        example = [str(n) for n in names if n != ""] or ["new"]
+        raise ValueError(
+            f"{call}{names!r}{close} must be a non-empty list of non-empty strings"
+            f"{f'; {bad[:5]!r} are not' if bad else ''}. Name each domain with a string, e.g. {call}{example!r}{close}."
+        )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{call}{names!r}{close} holds duplicates {duplicates}; give each domain one unique name.")
+    clash = sorted(set(names) & set(used))
+    if clash:
+        raise ValueError(
+            f"{call}{names!r}{close}: {clash} are already domains of this adapter ({list(used)}); give new names."
+        )
+    return names

@@ -10,7 +10,8 @@ Layout of a save (PEFT's own files at the root, so `PeftModel.from_pretrained` r
     README.md                     model card
 
 Unnamed domains are saved as `domain_<i>`. These are functions, not `PeftModel` methods: PEFT
-resolves `peft_model.save_pretrained` to its own method, which writes the root files only.
+resolves `peft_model.save_pretrained` to its own method, which writes the root files only;
+`load_domains` reads such a save (no `domains/` folder) by slicing the root stacks.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .atomic import check_replaceable, extra_json_files, write_atomically
-from .checkpoint import check_fits, combine_domains, read_config, read_weights
+from .checkpoint import KEY_PREFIX, check_fits, combine_domains, read_config, read_weights
 from .config import MultiDomainLoraConfig
 from .model import _is_adapter_key
 from .model_card import model_card
@@ -131,7 +132,7 @@ def save_pretrained(
     tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
     labels = domain_labels(config)
     card = model_card(config, dict(zip(labels, folders)), type(model.get_base_model()).__name__, repo_id, eval_report,
-                      sorted(texts))
+                      sorted(texts), _layer_widths(tensors))
     target = Path(save_directory)
     check_replaceable(target, keep={CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, DOMAINS_DIR})
 
@@ -218,7 +219,10 @@ def load_domains(
     """Load some (or all) domains of a saved adapter onto `base_model`, fetching only their files.
 
     With `domains`, only `domains/<name>/` of each is read or downloaded; the loaded adapter holds
-    those domains under their names, with ids 0, 1, ... in the order given. Configs are read as
+    those domains under their names, with ids 0, 1, ... in the order given. Each folder's config must
+    name its domain (a renamed or swapped folder is refused). A save without `domains/` folders
+    (PEFT's own `model.save_pretrained` or `model.push_to_hub`) is read from the root adapter instead:
+    the named domains' rows are sliced out of its stacks. Configs are read as
     strict JSON, weights as safetensors, and both are checked against `base_model` first.
     `base_model` is changed in place, as with `PeftModel.from_pretrained`.
 
@@ -236,8 +240,9 @@ def load_domains(
         A routed `PeftModel`, or with `merge=True` the base model's own class.
 
     Raises:
-        ValueError: a missing domain, `merge` with other than one domain, a config that is not MLoRA or
-            has unknown fields, a corrupt or truncated weights file, or an adapter that does not fit.
+        ValueError: a missing domain, a domain folder whose config names another domain, `merge` with other
+            than one domain, a config that is not MLoRA or has unknown fields, a corrupt or truncated weights
+            file, or an adapter that does not fit.
 
     Example:
         >>> model = mlora_peft.load_domains(build_model(), "team/ctr-mlora", domains=["us"])  # doctest: +SKIP
@@ -246,10 +251,14 @@ def load_domains(
     folder = _fetch(repo_id_or_path, names, revision, api, cache_dir)
     if names is None:
         config, tensors = read_config(folder / CONFIG_NAME), read_weights(folder / WEIGHTS_NAME)
+    elif _peft_layout(folder, names, repo_id_or_path, revision, api):
+        root = _fetch(repo_id_or_path, None, revision, api, cache_dir)
+        config, tensors = _slice_domains(read_config(root / CONFIG_NAME), read_weights(root / WEIGHTS_NAME), names,
+                                         repo_id_or_path)
     else:
         parts = [_domain_folder(folder, name, repo_id_or_path, revision, api) for name in names]
-        config, tensors = combine_domains([read_config(p / CONFIG_NAME) for p in parts],
-                                          [read_weights(p / WEIGHTS_NAME) for p in parts], names)
+        configs = [_named_config(part, name) for part, name in zip(parts, names)]
+        config, tensors = combine_domains(configs, [read_weights(p / WEIGHTS_NAME) for p in parts], names)
     if merge and config.num_domains != 1:
         raise ValueError(f"merge=True folds one domain, but the adapter has {config.num_domains}; pass domains=[name].")
     check_fits(base_model, config, tensors)
@@ -317,6 +326,13 @@ def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
 def _domain_slices(tensors: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
     """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (trained base weights) as they are."""
     return {k: v[index:index + 1] if _is_adapter_key(k) else v for k, v in tensors.items()}
+
+
+def _layer_widths(tensors: Mapping[str, Tensor]) -> dict[str, int]:
+    """Each adapted layer's name and `out_features`, read from its `mdlora_B` stack `(D, out, r)`."""
+    suffix = ".mdlora_B"
+    return {k[len(KEY_PREFIX):-len(suffix)]: int(v.shape[1]) for k, v in tensors.items()
+            if k.endswith(suffix) and k.startswith(KEY_PREFIX)}
 
 
 def _write_adapter(folder: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor]) -> None:
@@ -392,6 +408,56 @@ def _domain_folder(folder: Path, name: str, source: Union[str, Path], revision: 
     known = _known_domains(folder, source, revision, api)
     listing = f"the saved domains are {known}" if known is not None else "the saved domains could not be listed"
     raise ValueError(f"Domain {name!r} is not in {source} ({listing}). Check the name, or push that domain first.")
+
+
+def _named_config(part: Path, name: str) -> MultiDomainLoraConfig:
+    """The config of one domain folder, refusing a folder whose config names another domain (renamed or swapped)."""
+    config = read_config(part / CONFIG_NAME)
+    if config.domain_names is not None and config.domain_names != [name]:
+        raise ValueError(
+            f"{part / CONFIG_NAME} names domain(s) {config.domain_names}, not {name!r}: the folder "
+            f"{DOMAINS_DIR}/{part.name}/ was renamed or swapped with another. Give each folder back its own "
+            f"domain's files (the config's domain_names tells whose they are), or save the adapter again."
+        )
+    return config
+
+
+def _peft_layout(folder: Path, names: list[str], source: Union[str, Path], revision: Optional[str],
+                 api: Optional[HfApi]) -> bool:
+    """True for a save with no `domains/` folder at all (PEFT's own `save_pretrained`/`push_to_hub`)."""
+    if any((folder / DOMAINS_DIR / domain_folder(n) / CONFIG_NAME).is_file() for n in names):
+        return False
+    if Path(source).is_dir():
+        return not (folder / DOMAINS_DIR).is_dir()
+    if constants.is_offline_mode():
+        return False  # the repository cannot be listed; the usual "not in" error follows
+    try:
+        files = (api or HfApi()).list_repo_files(str(source), revision=revision)
+    except HfHubHTTPError:
+        return False
+    return CONFIG_NAME in files and not any(f.startswith(f"{DOMAINS_DIR}/") for f in files)
+
+
+def _slice_domains(config: MultiDomainLoraConfig, tensors: dict[str, Tensor], names: list[str],
+                   source: Union[str, Path]) -> tuple[MultiDomainLoraConfig, dict[str, Tensor]]:
+    """The named domains' rows of a full adapter's stacks, in the order asked; shared tensors as they are."""
+    labels = domain_labels(config)
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise ValueError(
+            f"Domains {unknown} are not in {source} (a save without {DOMAINS_DIR}/ folders, as PEFT's own "
+            f"save_pretrained writes; its adapter holds {labels}). Check the names."
+        )
+    rows = [labels.index(n) for n in names]
+    stacks = {k: v for k, v in tensors.items() if _is_adapter_key(k)}
+    wrong = sorted(k for k, v in stacks.items() if v.dim() == 0 or v.shape[0] != config.num_domains)
+    if wrong:
+        raise ValueError(
+            f"{source}: tensors {wrong[:3]} do not hold {config.num_domains} domains (the config's num_domains) "
+            "in their first dimension; the weights do not belong to this config. Save the adapter again."
+        )
+    sliced = {k: v[rows] if k in stacks else v for k, v in tensors.items()}  # (D, ...) -> (len(names), ...)
+    return dataclasses.replace(config, num_domains=len(names), domain_names=list(names)), sliced
 
 
 def _known_domains(folder: Path, source: Union[str, Path], revision: Optional[str],

@@ -111,7 +111,9 @@ class MultiDomainLoraModel(BaseTuner):
             adapter_name: the adapter to grow; the active one by default.
 
         Raises:
-            ValueError: a count below 1, names for an unnamed adapter (or the reverse), or a name already used.
+            TypeError: a string instead of a list of names (`add_domains(["new"])`, not `add_domains("new")`).
+            ValueError: a count below 1, names for an unnamed adapter (or the reverse), or names that are not
+                non-empty unique strings or are already used (the checks of the config's `domain_names`).
         """
         name = adapter_name or self.active_adapters[0]
         config = self.peft_config[name]
@@ -122,12 +124,9 @@ class MultiDomainLoraModel(BaseTuner):
                 raise ValueError("This adapter names its domains; pass the new names, e.g. add_domains(['new']).")
             count, names = new_domains, None
         else:
-            names = list(new_domains)
-            if config.domain_names is None:
+            if config.domain_names is None and not isinstance(new_domains, (str, bytes)):
                 raise ValueError("This adapter has no domain_names; pass a count, e.g. add_domains(2).")
-            clash = sorted(set(names) & set(config.domain_names)) or sorted({n for n in names if names.count(n) > 1})
-            if clash or not names:
-                raise ValueError(f"add_domains: names {clash} are already used; give new, unique names.")
+            names = config.check_new_domains(new_domains)
             count = len(names)
         for module in self.model.modules():
             if isinstance(module, MultiDomainLoraLayer) and name in module.mdlora_A:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from huggingface_hub import ModelCardData
 
-from .config import MultiDomainLoraConfig
+from .config import DEFAULT_RANK_DIVISOR, MultiDomainLoraConfig
 
 TAGS = ["peft", "mlora", "multi-domain-lora", "ctr-prediction", "recommendation"]
 
@@ -19,6 +19,7 @@ def model_card(
     repo_id: Optional[str] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
     json_files: Sequence[str] = (),
+    layers: Optional[Mapping[str, int]] = None,
 ) -> str:
     """The model card text: YAML metadata, a domains table, and how to load one domain.
 
@@ -30,13 +31,15 @@ def model_card(
         eval_report: `mlora_peft.metrics.domain_report` output; its `per_domain[name]` `rows` and `auc`
             fill the table.
         json_files: names of the extra JSON files saved beside the adapter (feature spec, encoders).
+        layers: each adapted layer's name mapped to its `out_features`; the card lists each layer's
+            rank as `config.rank_for(out_features)` computes it.
 
     Returns:
         The README text.
 
     Example:
-        >>> card = model_card(MultiDomainLoraConfig(domain_names=["a"], r=2), {"a": "a"}, "DeepFM")
-        >>> "library_name: peft" in card and "| 0 | a |" in card
+        >>> card = model_card(MultiDomainLoraConfig(domain_names=["a"]), {"a": "a"}, "DeepFM", layers={"mlp.0": 256})
+        >>> "library_name: peft" in card and "| 0 | a |" in card and "| `mlp.0` | 256 | 4 |" in card
         True
     """
     base = config.base_model_name_or_path
@@ -45,7 +48,8 @@ def model_card(
     per_domain = (eval_report or {}).get("per_domain", {})
     rows = [_domain_row(i, name, folder, per_domain.get(name, {})) for i, (name, folder) in enumerate(folders.items())]
     first = next(iter(folders))
-    rank = f"r = {config.r}" if config.r is not None else f"r = out_features // {config.rank_divisor or 16}"
+    rank = _rank_rule(config)
+    layer_rows = "\n".join(f"| `{name}` | {out} | {config.rank_for(out)} |" for name, out in (layers or {}).items())
     targets = config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules or [])
     extras = "".join(f"- `{name}.json`\n" for name in json_files) or "- none\n"
     return f"""---
@@ -71,10 +75,14 @@ root `adapter_model.safetensors` holds every domain.
 
 ## Adapter
 
-- {rank}, scale {"1.0" if config.lora_alpha is None else f"lora_alpha / r = {config.lora_alpha} / r"},
+- rank: {rank}; scale {"1.0" if config.lora_alpha is None else f"lora_alpha / r = {config.lora_alpha} / r"},
   per-domain bias: {config.domain_bias}, base weights trained: {config.train_base}
 - adapted layers: {targets}
 - domain ids are read from `domain_ids=` or the batch key `{config.domain_key}`
+
+| layer | out_features | rank |
+|-------|-------------:|-----:|
+{layer_rows}
 
 ## Load one domain
 
@@ -92,6 +100,15 @@ Loading needs no remote code: configs are JSON and weights are safetensors.
 ## Extra files
 
 {extras}"""
+
+
+def _rank_rule(config: MultiDomainLoraConfig) -> str:
+    """The rank rule in words, with the divisor the config really uses."""
+    if config.r is not None:
+        return f"r = {config.r} in every layer"
+    divisor = config.rank_divisor or DEFAULT_RANK_DIVISOR
+    source = f"rank_divisor={divisor}" if config.rank_divisor else f"the default rank_divisor, {divisor}"
+    return f"max(out_features // {divisor}, 1) per layer ({source})"
 
 
 def _domain_row(index: int, name: str, folder: str, metrics: Mapping[str, Any]) -> str:

@@ -40,6 +40,17 @@ def test_bad_config_names_the_fix(kwargs, match):
         MultiDomainLoraConfig(**kwargs)
 
 
+@pytest.mark.parametrize("names, error, match", [
+    ("abc", TypeError, r"domain_names='abc' is a string.*e\.g\. domain_names=\['abc'\]"),
+    ({"a", "b"}, TypeError, r"must be a list of domain names"),
+    ([1, 2], ValueError, r"\[1, 2\] are not.*domain_names=\['1', '2'\]"),
+    (["a", ""], ValueError, r"\[''\] are not"),
+])
+def test_domain_names_must_be_a_list_of_strings(names, error, match):
+    with pytest.raises(error, match=match):
+        MultiDomainLoraConfig(domain_names=names)
+
+
 def test_ranks_follow_the_papers_rule_with_divisor_64_and_scaling_one_by_default():
     config = MultiDomainLoraConfig(num_domains=2)
     assert [config.rank_for(w) for w in (256, 128, 64, 8)] == [4, 2, 1, 1]

@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import re
+import time
 import warnings
 
 import datasets
@@ -11,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlora_peft.data import EmptyDomainWarning, TimeSplit, load_multidomain, read_source, stratified_parts, time_parts
+from mlora_peft.data import (EmptyDomainWarning, MultiDomainEncoder, OneClassWarning, TimeSplit, load_multidomain,
+                             read_source, stratified_parts, time_parts)
 
 
 def _frame(rows: int = 600, seed: int = 0) -> pd.DataFrame:
@@ -194,3 +197,142 @@ def test_provided_split_option_requires_splits():
         load_multidomain(_frame(), label="click", domain="country", sparse=["user"], split="provided")
     with pytest.raises(ValueError, match="split='random'"):
         load_multidomain(_frame(), label="click", domain="country", sparse=["user"], split="random")
+
+
+# ------------------------------------------------------------------------------------ awkward inputs (issue 17)
+def test_a_numeric_column_with_one_junk_cell_is_refused_naming_the_cell(tmp_path):
+    frame = _frame()
+    frame["price"] = frame["price"].round(3).astype(str)
+    frame.loc[7, "price"] = "n/a?"  # pyarrow reads the column as text, not as numbers with one missing value
+    frame.to_csv(tmp_path / "clicks.csv", index=False)
+    with pytest.raises(ValueError, match=r"Column 'price' looks numeric, but row 7 holds 'n/a\?' \(1 such cell beside "
+                                         r"599 numbers\).*dense=\[\.\.\., 'price'\].*sparse=\[\.\.\., 'price'\]"):
+        load_multidomain(tmp_path / "clicks.csv", label="click", domain="country", exclude=["ts"])
+    train = _frame().assign(price=lambda f: f["price"].round(3).astype(str))  # numbers as text, no junk: fine here
+    with pytest.raises(ValueError, match=r"row 7 of the test split holds 'n/a\?'"):
+        load_multidomain({"train": train, "test": pd.read_csv(tmp_path / "clicks.csv", dtype={"price": str})},
+                         label="click", domain="country", exclude=["ts"])
+    with pytest.raises(TypeError, match=r"Dense column 'price' holds text that is not a number: row 7 holds 'n/a\?'"):
+        load_multidomain(tmp_path / "clicks.csv", label="click", domain="country", sparse=["user"], dense=["price"])
+    declared = load_multidomain(tmp_path / "clicks.csv", label="click", domain="country", sparse=["user", "price"])
+    assert [f.name for f in declared.feature_spec] == ["user", "price"]  # categories, as declared
+
+
+def test_a_categorical_text_column_is_still_inferred_as_sparse():
+    frame = _frame().assign(zone=lambda f: np.where(f["user"] % 2, "north", "7"))  # half of the cells are numbers
+    data = load_multidomain(frame, label="click", domain="country", exclude=["ts"])
+    assert [(f.name, type(f).__name__) for f in data.feature_spec][-2:] == [("zone", "SparseFeature"),
+                                                                          ("price", "DenseFeature")]
+
+
+@pytest.mark.parametrize("label", ["click", "click==1"])
+def test_the_label_column_as_domain_is_refused(label):
+    with pytest.raises(ValueError, match=r"domain='click' is the label column: routing each row by its own label "
+                                         r"would leak"):
+        load_multidomain(_frame(), label=label, domain="click")
+    with pytest.raises(ValueError, match=r"is the label column"):
+        MultiDomainEncoder.fit(_frame(), label=label, domain="click", sparse=["user"])
+
+
+@pytest.mark.parametrize("label, value", [("click", 0), ("ts>=0", 1)])
+def test_one_class_labels_are_refused_at_load(label, value):
+    frame = _frame().assign(click=0)
+    with pytest.raises(ValueError, match=rf"Label '{label}' is {value} in all 360 train rows \(and in every row of "
+                                         r"the data\): a CTR model needs clicks and non-clicks"):
+        load_multidomain(frame, label=label, domain="country", sparse=["user"])
+
+
+def test_a_one_class_domain_warns_per_split():
+    frame = _frame()
+    frame.loc[frame["country"] == "nl", "click"] = 0
+    with pytest.warns(OneClassWarning) as caught:
+        data = load_multidomain(frame, label="click", domain="country", sparse=["user"])
+    messages = [str(w.message) for w in caught if issubclass(w.category, OneClassWarning)]
+    assert [m.split(";")[0] for m in messages] == [f"Domains ['nl (all 0)'] hold one label class in the {s} split"
+                                                  for s in ("train", "validation", "test")]
+    stats = data.stats()
+    assert (stats.query("domain == 'nl'")["positives"] == 0).all()  # the warning agrees with stats()
+
+
+def test_feature_table_shows_the_inferred_kinds_and_train_statistics():
+    frame = _frame()
+    frame["user"] = frame["user"].astype("Int64")
+    frame.loc[::10, "user"] = pd.NA  # missing ids -> id 0
+    parts = {"train": frame[:400], "validation": frame[400:500], "test": frame[500:]}
+    data = load_multidomain(parts, label="click", domain="country", exclude=["ts"], min_frequency=2)
+    train = parts["train"]
+    counts = train["user"].value_counts()
+    kept = counts[counts >= 2]
+    assert data.feature_table() == [
+        {"name": "user", "kind": "sparse", "dim": 1, "vocab_size": len(kept) + 1,
+         "unknown_share": pytest.approx(1 - train["user"].isin(kept.index).mean()), "mean": None, "std": None},
+        {"name": "shop", "kind": "sparse", "dim": 1, "vocab_size": 4, "unknown_share": 0.0, "mean": None, "std": None},
+        {"name": "price", "kind": "dense", "dim": 1, "vocab_size": None, "unknown_share": None,
+         "mean": pytest.approx(train["price"].mean()), "std": pytest.approx(train["price"].std(ddof=0), rel=1e-6)},
+    ]
+    json.dumps(data.feature_table(), allow_nan=False)  # JSON-ready for results.json
+    lines = data.feature_table_text().splitlines()
+    assert lines[0].split() == ["name", "kind", "dim", "vocab_size", "unknown_share", "mean", "std"]
+    assert lines[3].split()[:2] == ["price", "dense"] and lines[2].split()[:4] == ["shop", "sparse", "1", "4"]
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("clicks.csv", "ends with the file extension '.csv'"),
+    ("clicks.feather", "ends with the file extension '.feather'"),
+    ("data/x.csv", "starts with the local folder 'data'"),
+    ("elsewhere/x.csv", "ends with the file extension '.csv'"),
+    ("data/clicks", "starts with the local folder 'data'"),
+    ("./clicks", "is written as a local path"),
+    ("some/where/clicks", "is written as a local path"),
+])
+def test_a_missing_local_looking_path_fails_at_once_without_the_hub(tmp_path, monkeypatch, path, reason):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(FileNotFoundError, match=rf"No file matches '{re.escape(path)}'.*not tried as a Hub dataset "
+                                                rf"id: it {re.escape(reason)}"):
+        load_multidomain(path, label="click", domain="country")
+
+
+def test_a_hub_id_that_cannot_be_loaded_offline_fails_fast_and_says_why(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    def no_network(host, *args, **kwargs):
+        raise OSError(f"test: refusing to resolve {host!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"'clicks' is no local file or folder .* so it was read as a Hub "
+                                                r"dataset id, and offline mode is on .*e\.g\. 'clicks\.csv'"):
+        load_multidomain("clicks", label="click", domain="country")
+    assert time.monotonic() - started < 5
+
+
+def _truncated_gzip(path):
+    _write(_frame(), path, "csv.gz")
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("name, make, match", [
+    ("clicks.csv.gz", _truncated_gzip,
+     r"Cannot read .*clicks\.csv\.gz as CSV \(gz-compressed\): .*The file is truncated"),
+    ("clicks.csv", lambda p: p.write_text("user,price,country,click\n"),
+     r"clicks\.csv holds no data rows \(only a header: \['user', 'price', 'country', 'click'\]\)"),
+    ("clicks.csv", lambda p: p.write_text(""), r"Cannot read .*clicks\.csv as CSV: .*The file is empty"),
+    ("clicks.csv", lambda p: p.write_text("user,click,country\n1,0,fr\n2,1,de,extra\n"),
+     r"Cannot read .*clicks\.csv as CSV: .*different number of fields than the header"),
+    ("clicks.jsonl", lambda p: p.write_text('{"user": 1, "click": 0}\n{"user": 2, "cl'),
+     r"Cannot read .*clicks\.jsonl as JSON: "),
+])
+def test_every_file_error_names_the_file_and_the_problem(tmp_path, name, make, match):
+    make(tmp_path / name)
+    with pytest.raises(ValueError, match=match):
+        load_multidomain(tmp_path / name, label="click", domain="country")

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import mlora_peft
 import mlora_peft.hub as hub_module
 from mlora_peft import MultiDomainLoraConfig, atomic
+from mlora_peft.config import DEFAULT_RANK_DIVISOR
 from mlora_peft.data import MultiDomainEncoder
 from mlora_peft.features import features_from_json, features_to_json
 from mlora_peft.models import build_model
@@ -90,6 +91,24 @@ def test_save_writes_peft_root_domain_folders_json_and_card(tmp_path):
     assert "| 0 | us | `domains/us/` | 120 | 0.7312 |" in card and "| 2 | asia | `domains/asia/` |  |  |" in card
     assert 'load_domains(base_model, "team/ctr", domains=["us"])' in card
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("kwargs, rule", [
+    (dict(), f"max(out_features // {DEFAULT_RANK_DIVISOR}, 1) per layer (the default rank_divisor"),
+    (dict(rank_divisor=4), "max(out_features // 4, 1) per layer (rank_divisor=4)"),
+    (dict(r=3), "r = 3 in every layer"),
+])
+def test_model_card_states_the_rank_rule_and_each_layers_saved_rank(tmp_path, kwargs, rule):
+    model = get_peft_model(_base(), MultiDomainLoraConfig(domain_names=NAMES, **kwargs))
+    folder = mlora_peft.save_pretrained(model, tmp_path / "adapter")
+    card = (folder / "README.md").read_text()
+    assert rule in card and "// 16" not in card
+    weights = load_file(folder / "adapter_model.safetensors")
+    stacks = {key[len("base_model.model."):-len(".mdlora_A")]: (weights[key.replace("_A", "_B")].shape[1], a.shape[1])
+              for key, a in weights.items() if key.endswith(".mdlora_A")}  # layer -> (out_features, saved rank)
+    assert len(stacks) == 2
+    for layer, (out_features, rank) in stacks.items():
+        assert f"| `{layer}` | {out_features} | {rank} |" in card
 
 
 def test_peft_itself_loads_the_root_and_a_domain_subfolder(tmp_path):
@@ -195,6 +214,34 @@ def test_missing_domain_or_folder_is_refused(saved):
         mlora_peft.load_domains(_base(), saved, domains=["mars"])
     with pytest.raises(ValueError, match=r"is not a saved adapter folder"):
         mlora_peft.load_domains(_base(), saved / "nowhere")
+
+
+def test_swapped_domain_folders_are_refused(saved):
+    domains = saved / "domains"
+    (domains / "us").rename(domains / "tmp")
+    (domains / "eu").rename(domains / "us")
+    (domains / "tmp").rename(domains / "eu")
+    with pytest.raises(ValueError, match=r"domains/us/adapter_config.json names domain\(s\) \['eu'\], not 'us': "
+                                         r"the folder domains/us/ was renamed or swapped"):
+        mlora_peft.load_domains(_base(), saved, domains=["us"])
+
+
+@pytest.mark.parametrize("name", ["PlainMLP", "DictModel"])
+def test_a_save_by_peft_itself_loads_named_domains_from_the_root_stacks(tmp_path, name):
+    model, x = _trained(name), _inputs(name)
+    call = (lambda m, ids: m({**x, "domain_id": ids})) if name == "DictModel" else (lambda m, ids: m(x, domain_ids=ids))
+    model.save_pretrained(tmp_path / "peft")  # PEFT's own method: root files only, no domains/ folders
+    assert not (tmp_path / "peft" / "domains").exists()
+    pair = mlora_peft.load_domains(_base(name), tmp_path / "peft", domains=["asia", "us"])
+    assert pair.peft_config["default"].domain_names == ["asia", "us"]
+    assert all(p.shape[0] == 2 for n, p in pair.named_parameters() if "mdlora_" in n)
+    torch.testing.assert_close(call(pair, torch.tensor([0, 1] * 6)), call(model, torch.tensor([2, 0] * 6)),
+                               rtol=0, atol=1e-6)
+    merged = mlora_peft.load_domains(_base(name), tmp_path / "peft", domains=["eu"], merge=True)
+    torch.testing.assert_close(merged(x) if name != "DictModel" else merged(dict(x)),
+                               call(model, torch.full((12,), 1)), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\['mars'\] are not in .*without domains/ folders.*holds \['us', 'eu', 'asia'\]"):
+        mlora_peft.load_domains(_base(name), tmp_path / "peft", domains=["mars"])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -344,6 +391,15 @@ def test_missing_domain_on_the_hub_is_refused_naming_the_pushed_ones(api, tmp_pa
     mlora_peft.push_to_hub(_trained(), "team/ctr", api=api)
     with pytest.raises(ValueError, match=r"'mars' is not in team/ctr \(the saved domains are \['asia', 'eu', 'us'\]"):
         mlora_peft.load_domains(_base(), "team/ctr", domains=["mars"], api=api, cache_dir=tmp_path)
+
+
+def test_a_repo_pushed_by_peft_itself_loads_one_domain(api, tmp_path):
+    model, x = _trained(), _inputs("PlainMLP")
+    model.save_pretrained(tmp_path / "peft")  # the files PEFT's own push_to_hub uploads
+    api.create_repo("team/peft-only")
+    api.upload_folder(folder_path=tmp_path / "peft", repo_id="team/peft-only")
+    one = mlora_peft.load_domains(_base(), "team/peft-only", domains=["eu"], api=api, cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(one(x, domain_ids=0), model(x, domain_ids="eu"), rtol=0, atol=1e-6)
 
 
 def test_offline_mode_loads_from_the_cache_without_a_server(hub, api, monkeypatch, tmp_path):

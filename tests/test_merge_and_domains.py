@@ -128,15 +128,27 @@ def test_add_domains_is_saved_with_the_new_count(tmp_path):
     assert reloaded.peft_config["default"].domain_names == ["a", "b", "c", "d"]
 
 
-@pytest.mark.parametrize("new, match", [
-    (0, "add at least one domain"),
-    (2, "pass the new names"),
-    (["a"], r"names \['a'\] are already used"),
-    (["n", "n"], r"names \['n'\] are already used"),
+@pytest.mark.parametrize("new, error, match", [
+    (0, ValueError, "add at least one domain"),
+    (2, ValueError, "pass the new names"),
+    (["a"], ValueError, r"\['a'\] are already domains of this adapter"),
+    (["n", "n"], ValueError, r"holds duplicates \['n'\]"),
+    ([], ValueError, r"non-empty list of non-empty strings"),
+    ([1, 2], ValueError, r"add_domains\(\[1, 2\]\) must be a non-empty list of non-empty strings"),
+    (["d", None], ValueError, r"\[None\] are not"),
+    ("cd", TypeError, r"add_domains\('cd'\) is a string.*add_domains\(\['cd'\]\)"),
 ])
-def test_add_domains_bad_input(new, match):
-    with pytest.raises(ValueError, match=match):
-        _adapted().add_domains(new)
+def test_add_domains_bad_input_leaves_the_adapter_unchanged(new, error, match):
+    model = _adapted()
+    with pytest.raises(error, match=match):
+        model.add_domains(new)
+    assert model.peft_config["default"].domain_names == ["a", "b", "c"]
+    assert all(p.shape[0] == 3 for n, p in model.named_parameters() if "mdlora_" in n)
+
+
+def test_add_domains_string_on_unnamed_adapter_is_a_type_error():
+    with pytest.raises(TypeError, match="is a string"):
+        _adapted(domain_names=None, num_domains=2).add_domains("cd")
 
 
 def test_add_domains_names_on_unnamed_adapter_is_refused():

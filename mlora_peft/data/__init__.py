@@ -6,6 +6,7 @@
     data.domain_names      # routing names, in domain_id order
     data.feature_spec      # SparseFeature / DenseFeature specs for building a backbone
     data.stats()           # rows, positives and CTR per split and domain
+    print(data.feature_table_text())  # each feature's inferred kind, vocabulary size or mean/std
     loader = data.loader("train", batch_size=1024, composition="per_domain")
     data.save_encoder("mlora-adapter")   # JSON next to the adapters; MultiDomainEncoder.load(...) later
 
@@ -21,7 +22,7 @@ from .douban import load_douban
 from .encoders import CategoricalEncoder, DenseEncoder, DomainEncoder
 from .kuairand import load_kuairand
 from .labels import LabelRule
-from .loading import EmptyDomainWarning, MultiDomainData, load_multidomain
+from .loading import EmptyDomainWarning, MultiDomainData, OneClassWarning, load_multidomain
 from .movielens import load_movielens, read_movielens
 from .negatives import sample_negatives, with_sampled_negatives
 from .sources import read_source
@@ -41,6 +42,7 @@ __all__ = [
     "LabelRule",
     "MultiDomainData",
     "MultiDomainEncoder",
+    "OneClassWarning",
     "RowBatch",
     "StreamingBatches",
     "TensorColumns",

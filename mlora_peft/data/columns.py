@@ -9,7 +9,8 @@ in a float column counts as missing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
 
 import datasets
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 
 ArrowColumn = Union[pa.Array, pa.ChunkedArray]
 IdKind = Literal["int", "str"]
+_NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
 def as_array(column: ArrowColumn) -> pa.Array:
@@ -118,6 +120,61 @@ def numeric_matrix(column: ArrowColumn, name: str) -> np.ndarray:
     return _float_values(array, name).reshape(len(array), 1)
 
 
+@dataclass(frozen=True)
+class NonNumericCells:
+    """The cells of a text column that are not numbers (missing cells aside).
+
+    Attributes:
+        count: how many such cells.
+        numbers: how many cells are numbers written as text.
+        row: the first such cell's row (counting from 0, a file's header excluded).
+        value: that cell's text.
+    """
+
+    count: int
+    numbers: int
+    row: int
+    value: str
+
+    @property
+    def looks_numeric(self) -> bool:
+        """Most cells are numbers: the others are likely junk in a numeric column."""
+        return self.numbers > self.count
+
+    def describe(self, where: str = "") -> str:
+        """E.g. `row 4 holds 'n/a?' (1 such cell beside 199 numbers)`; `where` follows the row number."""
+        return f"row {self.row}{where} holds {self.value!r} ({self.count} such cell{'s' * (self.count != 1)} beside " \
+               f"{self.numbers} numbers)"
+
+
+def dense_text_error(name: str, cells: NonNumericCells, where: str = "") -> TypeError:
+    """The error for a dense column with text cells that are not numbers, naming the first one."""
+    return TypeError(
+        f"Dense column {name!r} holds text that is not a number: {cells.describe(where)}. Fix or blank those "
+        "cells (a blank cell gets the train mean), or list the column under sparse=... if it holds categories."
+    )
+
+
+def non_numeric_cells(column: ArrowColumn) -> Optional[NonNumericCells]:
+    """The cells of a text column that do not parse as numbers; None for other columns or when every cell does.
+
+    Example:
+        >>> non_numeric_cells(pa.array(["1.5", None, "n/a?", "2"]))
+        NonNumericCells(count=1, numbers=2, row=2, value='n/a?')
+    """
+    array = as_array(column)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    is_number = pc.match_substring_regex(array, _NUMBER_TEXT)
+    bad = pc.invert(pc.fill_null(is_number, True))  # missing cells are not junk
+    count = pc.sum(bad).as_py() or 0
+    if not count:
+        return None
+    row = pc.index(bad, True).as_py()
+    numbers = pc.sum(pc.fill_null(is_number, False)).as_py() or 0
+    return NonNumericCells(int(count), int(numbers), int(row), str(array[row].as_py()))
+
+
 def require_columns(available: Iterable[str], wanted: dict[str, list[str]]) -> None:
     """Raise one ValueError listing every wanted column that is missing.
 
@@ -144,6 +201,11 @@ def require_columns(available: Iterable[str], wanted: dict[str, list[str]]) -> N
 
 
 def _float_values(array: pa.Array, name: str) -> np.ndarray:
+    cells = non_numeric_cells(array)
+    if cells is not None and cells.looks_numeric:
+        raise dense_text_error(name, cells)
+    if cells is None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        raise TypeError(f"Dense column {name!r} holds numbers written as text; cast it to float before loading.")
     if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type)):
         raise TypeError(
             f"Dense column {name!r} has type {array.type}; dense features must be numeric. "

@@ -8,7 +8,10 @@ Policies for awkward data (each tested):
 - a domain in validation/test but not in train: ValueError (it would have no trained adapter);
 - a domain with no rows in validation or test: `EmptyDomainWarning` (its metrics there are undefined);
 - missing or NaN ids in sparse columns: id 0, like unknown values; missing dense values: the train mean;
-- missing labels or domains: ValueError.
+- missing labels or domains: ValueError;
+- the domain column is the label column: ValueError (routing by the label leaks it into the model);
+- one label class in the train split: ValueError; a domain with one class in a split: `OneClassWarning`;
+- an inferred feature column of numbers with a few non-numeric cells: ValueError naming a cell (declare it).
 """
 
 from __future__ import annotations
@@ -28,16 +31,27 @@ from datasets.table import InMemoryTable
 
 from ..features import Feature
 from .batching import Composition, make_loader
-from .columns import id_kind, normalise_ids, require_columns
+from .columns import dense_text_error, id_kind, non_numeric_cells, normalise_ids, require_columns
 from .encoders import Normalization, domain_codes, domain_values
 from .labels import LabelRule
 from .sources import UNSPLIT, read_source
 from .splits import DEFAULT_FRACTIONS, SPLIT_NAMES, TimeSplit, check_fractions, stratified_parts, time_parts
-from .table_encoder import DOMAIN_COLUMN, LABEL_COLUMN, MultiDomainEncoder
+from .summary import feature_rows, format_rows
+from .table_encoder import DOMAIN_COLUMN, LABEL_COLUMN, MultiDomainEncoder, check_roles
 
 SplitSpec = Union[None, str, Sequence[float], TimeSplit]
 VALIDATION_FROM_TRAIN = 0.25
 """Share of provided train rows moved to validation when a source has only train and test (80/20 -> 60/20/20)."""
+
+
+class OneClassWarning(UserWarning):
+    """A domain's rows in one split hold a single label class: its AUC there is undefined.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", OneClassWarning)  # e.g. a domain without clicks in a small sample
+    """
 
 
 class EmptyDomainWarning(UserWarning):
@@ -98,6 +112,26 @@ class MultiDomainData:
                 records.append({"split": split_name, "domain": name, "rows": int(rows[domain]),
                                 "positives": int(positives[domain]), "ctr": float(ctr)})
         return pd.DataFrame.from_records(records)
+
+    def feature_table(self) -> list[dict[str, Any]]:
+        """The features as inferred and fitted: name, kind (sparse/dense), vocabulary size or train mean/std.
+
+        JSON-ready rows (None where a key does not apply), for a run log or `results.json`; see
+        `mlora_peft.data.summary.feature_rows` for every key. `feature_table_text()` prints them.
+
+        Example:
+            >>> import pandas as pd
+            >>> frame = pd.DataFrame({"user": [1, 2] * 20, "price": [1.0, 3.0] * 20, "country": ["fr", "de"] * 20,
+            ...                       "click": [0, 1, 1, 0] * 10})
+            >>> row = load_multidomain(frame, label="click", domain="country", seed=0).feature_table()[1]
+            >>> row["name"], row["kind"], row["mean"], row["std"]
+            ('price', 'dense', 2.0, 1.0)
+        """
+        return feature_rows(self.encoder, self.splits["train"])
+
+    def feature_table_text(self) -> str:
+        """`feature_table()` as an aligned text table, one line per feature."""
+        return format_rows(self.feature_table())
 
     def loader(
         self,
@@ -164,8 +198,12 @@ def load_multidomain(
 
     Raises:
         ValueError: missing columns, a non-binary label without a rule, missing labels or
-            domains, a bad split, or a validation/test domain absent from train.
+            domains, `domain` naming the label column, one label class in the train split, an
+            inferred numeric column with non-numeric cells, a bad split, or a validation/test
+            domain absent from train.
+        FileNotFoundError: a missing file, or a Hub id that could not be loaded.
         EmptyDomainWarning: (a warning) a domain without validation or test rows.
+        OneClassWarning: (a warning) a domain whose rows in a split hold one label class.
 
     Example:
         >>> data = load_multidomain("clicks.csv.gz", label="click", domain="country",
@@ -178,11 +216,14 @@ def load_multidomain(
     tables = read_source(source, **load_kwargs)
     first = next(iter(tables.values()))
     rule = LabelRule.parse(label, first.column_names)
+    check_roles(rule.column, domain, [], [])
     time_column = [split.column] if isinstance(split, TimeSplit) else []
+    inferred = sparse is None and dense is None
     sparse, dense = _feature_columns(first, rule.column, domain, sparse, dense, [*exclude, *time_column])
-    for table in tables.values():
+    for name, table in tables.items():
         require_columns(table.column_names, {"label": [rule.column], "domain": [domain], "sparse": sparse,
                                              "dense": dense, "time": time_column})
+        _check_text_cells(table, sparse if inferred else [], dense, name)
     raw = _split(tables, rule, domain, split, seed)
     if domain_order is not None:
         domain_order, domain_names = _train_order(raw, domain, list(domain_order), domain_names)
@@ -195,7 +236,59 @@ def load_multidomain(
                                fingerprint=generate_random_fingerprint())  # hashing every row would be slow
         for name in SPLIT_NAMES
     })
+    _check_label_classes(splits, encoder.domain_names, rule)
     return MultiDomainData(splits, encoder, embedding_dim)
+
+
+def _check_text_cells(table: pa.Table, inferred_sparse: list[str], dense: list[str], split: str) -> None:
+    """Refuse text cells that are not numbers in a dense column, or in a mostly numeric column inferred as sparse."""
+    where = "" if split == UNSPLIT else f" of the {split} split"
+    for name in dense:
+        cells = non_numeric_cells(table.column(name))
+        if cells is not None:
+            raise dense_text_error(name, cells, where)
+    for name in inferred_sparse:
+        cells = non_numeric_cells(table.column(name))
+        if cells is not None and cells.looks_numeric:
+            raise ValueError(
+                f"Column {name!r} looks numeric, but {cells.describe(where)}, so it "
+                f"would become a categorical feature (one id per distinct value). Fix or blank those cells "
+                f"(blank cells get the train mean), or declare the features yourself: "
+                f"load_multidomain(..., sparse=[...], dense=[..., {name!r}]) for numbers once the cells are fixed, "
+                f"or sparse=[..., {name!r}] for categories. Listing sparse= or dense= turns inference off."
+            )
+
+
+def _label_hint(rule: LabelRule) -> str:
+    if rule.op is None:
+        return (f"Check that {rule.column!r} is the click column and holds both classes, or pass a rule on a "
+                "numeric column, e.g. label='rating>=4'.")
+    return f"Check the rule against the values of {rule.column!r} (is the threshold {rule.threshold:g} right?)."
+
+
+def _check_label_classes(splits: datasets.DatasetDict, domain_names: Sequence[str], rule: LabelRule) -> None:
+    """Refuse a train split with one label class; warn for each split's domains with one class."""
+    columns = {name: split.with_format("numpy", columns=[DOMAIN_COLUMN, LABEL_COLUMN])[:]
+               for name, split in splits.items()}
+    train = columns["train"][LABEL_COLUMN]
+    if train.size and train.min() == train.max():
+        everywhere = all((c[LABEL_COLUMN] == train[0]).all() for c in columns.values())
+        raise ValueError(
+            f"Label {str(rule)!r} is {train[0]:g} in all {train.size} train rows"
+            f"{' (and in every row of the data)' if everywhere else ''}: a CTR model needs clicks and "
+            f"non-clicks to learn from, and AUC is undefined with one class. {_label_hint(rule)}"
+        )
+    for split_name, split in columns.items():
+        rows = np.bincount(split[DOMAIN_COLUMN], minlength=len(domain_names))
+        positives = np.bincount(split[DOMAIN_COLUMN], weights=split[LABEL_COLUMN], minlength=len(domain_names))
+        one_class = [f"{name} (all {0 if p == 0 else 1})" for name, n, p in zip(domain_names, rows, positives)
+                     if n and p in (0, n)]
+        if one_class:
+            warnings.warn(
+                f"Domains {one_class} hold one label class in the {split_name} split; their AUC there is undefined "
+                "(reported as None). Use more data for them or merge them with a related domain.",
+                OneClassWarning, stacklevel=3,
+            )
 
 
 def _feature_columns(table: pa.Table, label: str, domain: str, sparse, dense, exclude) -> tuple[list, list]:

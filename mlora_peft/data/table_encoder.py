@@ -78,12 +78,12 @@ class MultiDomainEncoder:
             domain_names: display names for `domain_order` (default: `str(value)`).
 
         Raises:
-            ValueError: missing columns, a feature named like an output column, or any column
-                encoder's error.
+            ValueError: missing columns, `domain` naming the label column, a feature named like an output
+                column, or any column encoder's error.
         """
         table = as_table(train)
         rule = label if isinstance(label, LabelRule) else LabelRule.parse(label, table.column_names)
-        _check_roles(rule.column, domain, list(sparse), list(dense))
+        check_roles(rule.column, domain, list(sparse), list(dense))
         require_columns(table.column_names, {"domain": [domain], "sparse": list(sparse), "dense": list(dense)})
         return cls(
             label=rule,
@@ -196,7 +196,18 @@ def _dense_array(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
 
 
-def _check_roles(label: str, domain: str, sparse: list[str], dense: list[str]) -> None:
+def check_roles(label: str, domain: str, sparse: list[str], dense: list[str]) -> None:
+    """Refuse a domain column that is the label column, and features listed twice or named like the outputs.
+
+    Raises:
+        ValueError: naming the clash and the fix.
+    """
+    if domain == label:
+        raise ValueError(
+            f"domain={domain!r} is the label column: routing each row by its own label would leak the label "
+            "into the model (each domain's adapter would learn its domain's label). Pass the column that names "
+            "each row's domain (e.g. a country, scenario or category column)."
+        )
     features = sparse + dense
     duplicated = sorted({n for n in features if features.count(n) > 1})
     reserved = sorted(set(features) & {DOMAIN_COLUMN, LABEL_COLUMN, label, domain})
