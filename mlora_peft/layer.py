@@ -67,7 +67,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         self.merged_domain: Optional[int] = None
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._merged_cache: dict = {}  # (adapter, domain, dtype, device) -> (source stamp, weight, bias)
+        self._merged_cache: dict = {}  # (adapter, domain, dtype, device) -> (sources, stamp, weight, bias)
         self._created_bias = False
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
@@ -122,28 +122,38 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if self.disable_adapters:
-            if self.merged:
+        name = self._adapter_to_route()
+        if name is None:
+            return self.base_layer(x, *args, **kwargs)
+        flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
+        routing = self._routing_for(flat, name)
+        if flat.shape[0] != routing.num_rows:
+            routing = routing.repeated(flat.shape[0])
+        routing = routing.on(x.device)
+        if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            weight, bias = self._merged_weights(name, routing.single_domain, dtype, x.device)
+            out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): what the plain layer costs
+        else:
+            out = self._adapter_forward(flat, name, routing)  # (N * L, out)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _adapter_to_route(self) -> Optional[str]:
+        """The adapter this forward routes through, or None when the base layer alone answers."""
+        if self._disable_adapters:
+            if self.merged_adapters:
                 self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
+            return None
+        if self.merged_adapters:
             self._check_merged_domain(current_routing())
-            return self.base_layer(x, *args, **kwargs)
+            return None
         active = [a for a in self.active_adapters if a in self.mdlora_A]
-        if not active:
-            return self.base_layer(x, *args, **kwargs)
         if len(active) > 1:
             raise ValueError(
                 f"MLoRA routes through one adapter at a time, but {active} are active; "
                 "call model.set_adapter(name) to pick one."
             )
-        name = active[0]
-        flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
-        routing = self._routing_for(flat, name)
-        if flat.shape[0] != routing.num_rows:
-            routing = routing.repeated(flat.shape[0])
-        out = self._adapter_forward(flat, name, routing.on(x.device))  # (N * L, out)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return active[0] if active else None
 
     def _routing_for(self, x: Tensor, adapter_name: str) -> Routing:
         """The routing of the call this forward runs in; a bare layer reads an enclosing `domain_context`."""
@@ -177,9 +187,6 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         adapter_input = dropout(x) if self.training and isinstance(dropout, nn.Dropout) else None
         output_dropout = self._active_output_dropout()
         with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
-            if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
-                weight, bias = self._merged_weights(name, routing.single_domain, dtype, x.device)
-                return F.linear(x, weight, bias)  # (N, out): costs what the plain layer costs
             base = self.base_layer
             tensors = [base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name)]
             weight, bias, A, B, domain_bias = [_cast(t, dtype) for t in tensors]
@@ -202,16 +209,16 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         """`W + s B_d A_d` and `b + b_d` of one domain, from a small cache checked against every source tensor.
 
         An entry is used only while each source is the same tensor with the same storage and version
-        counter (an optimiser step, `load_state_dict` or a merge changes one), so it never serves stale
-        weights. The cache holds derived weights, never a call's inputs, so threads may share it.
+        counter (an optimiser step or `load_state_dict` bumps the version; assigning `.data`, as a
+        merge does, changes the storage), so it never serves stale weights. The cache holds derived weights, never a call's inputs, so threads may share it.
         """
         base = self.base_layer
         sources = (base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name))
-        stamp = tuple(None if t is None else (id(t), t.data_ptr(), t._version) for t in sources)
+        stamp = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in sources)
         key = (name, domain, dtype, device)
         entry = self._merged_cache.get(key)
-        if entry is not None and entry[0] == stamp:
-            return entry[1], entry[2]
+        if entry is not None and entry[1] == stamp:  # the entry holds its sources, so their ids stay theirs
+            return entry[2], entry[3]
         with torch.inference_mode(False), torch.no_grad():
             delta, domain_bias = self.delta_weight(name, domain)
             weight = (base.weight.float() + delta).to(device=device, dtype=dtype)  # (out, in)
@@ -221,7 +228,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
             bias = None if bias is None else bias.to(device=device, dtype=dtype)  # (out,)
         if len(self._merged_cache) >= MERGED_CACHE_SIZE:
             self._merged_cache.clear()
-        self._merged_cache[key] = (stamp, weight, bias)
+        self._merged_cache[key] = (sources, stamp, weight, bias)
         return weight, bias
 
     def _active_output_dropout(self) -> Optional[nn.Dropout]:

@@ -5,7 +5,7 @@ products: every domain's rank-r codes in one product `a @ A_all^T` (`(N, D*r)`),
 other domains zeroed, one product back through all the stacked B (`(D*r, out)`), and the domain
 bias gathered per row. The extra work grows with D * r, but every shape is known from the inputs'
 shapes, so `torch.compile(fullgraph=True)`, `torch.export` and CUDA graphs see one static graph,
-and a GPU never waits for the host. On the CPU it is also the faster path while D * r is small
+and a GPU never waits for the host. On the CPU it is the faster path only while D * r is tiny
 (see `MASKED_MAX_CODES`); the grouped path (`routed_linear`) takes over above it.
 
 Forward and backward are written by hand: at CTR sizes a step costs what its number of small
@@ -20,12 +20,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-MASKED_MAX_CODES = 256
+MASKED_MAX_CODES = 4
 """The largest `D * r` (domains times rank) for which a CPU layer takes the masked path.
 
-Measured with `benchmarks/bench_routing_paths.py` on 2 CPU threads (forward + backward of a
-256 -> 128 layer, batches of 1,024 and 4,096 mixed rows): the masked path is faster up to
-D * r of about 200-400 and slower above; 256 is the crossover rounded down."""
+Measured with `recipes/bench_step_serving.py --only paths` (one thread, forward + backward on
+1,024 mixed rows, the zoo tower's 32 -> 256, 256 -> 128 and 128 -> 64 layers at the default
+ranks): the masked path wins at D * r = 2 and 4 (D = 2) and loses from D * r = 8 on (the
+`(N, D*r) @ (D*r, out)` product costs as much as the base product once D * r nears the input
+width). Off the CPU the masked path is always taken: it never waits for the device."""
 
 
 def masked_linear(

@@ -1,0 +1,203 @@
+"""What MLoRA costs a whole model: a training step, a served request, and which routing path wins where.
+
+Three measurements, each timed side by side with its baseline in paired rounds (the ratio of a
+round is MLoRA's time over the baseline's time just before it; the median over rounds is
+reported, which cancels load that comes and goes on a shared machine):
+
+  step     forward, backward and Adam update of DeepFM (user and item ids with 10,000 values, a
+           price, the domain id; hidden [256, 128, 64], dropout 0.5) on a mixed batch, MLoRA joint
+           training at the default rank divisor, against the same step of the plain model;
+           D = 2, 10, 100.
+  serving  one call in `torch.inference_mode()` of the eval model: one user's 256 candidates of
+           one domain, 256 mixed rows, 4,096 mixed rows; D = 10 and 100.
+  paths    forward + backward of one adapted layer by the masked path and by the grouped path
+           (mixed rows), against the plain layer, over D * r: where the masked path stops paying.
+
+    python recipes/bench_step_serving.py [--quick] [--threads 1] [--only step,serving,paths] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+from peft import get_peft_model
+from torch import nn
+
+import mlora_peft
+from mlora_peft import layer as layer_module
+from mlora_peft import models
+from mlora_peft.features import DenseFeature, SparseFeature
+from mlora_peft.masked_linear import masked_linear
+from mlora_peft.routed_linear import routed_linear
+from mlora_peft.routing import make_routing
+
+VOCAB = 10_000
+STEP_TARGETS = {10: 1.15}
+SERVING_TARGETS = {"one domain, 256 rows": 1.2, "mixed, 256 rows": 1.5, "mixed, 4,096 rows": 1.3}
+
+
+def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
+                 device: str) -> tuple[float, float]:
+    """Best baseline milliseconds per call and the median of `run / baseline` over paired rounds."""
+    for fn in (baseline, run):
+        fn(), fn()  # warm up
+    ratios, best = [], float("inf")
+    for _ in range(rounds):
+        base_s = _seconds(baseline, calls, device)
+        ratios.append(_seconds(run, calls, device) / base_s)
+        best = min(best, base_s)
+    return best * 1e3, statistics.median(ratios)
+
+
+def _seconds(fn: Callable[[], None], calls: int, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------- models
+def deepfm_pair(num_domains: int, device: str) -> tuple[nn.Module, nn.Module]:
+    """The plain DeepFM and an MLoRA-adapted copy of it (joint training), both on `device`."""
+    torch.manual_seed(0)
+    features = [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
+                SparseFeature("domain_id", num_domains)]
+    plain = models.build_model("deepfm", features).to(device)
+    config = mlora_peft.MultiDomainLoraConfig(domain_names=[f"d{i}" for i in range(num_domains)], train_base=True)
+    adapted = get_peft_model(models.build_model("deepfm", features), config).to(device)
+    return plain, adapted
+
+
+def make_batch(rows: int, num_domains: int, device: str, one_domain: bool = False) -> dict:
+    domains = torch.full((rows,), num_domains - 1) if one_domain else torch.randint(0, num_domains, (rows,))
+    batch = {"user": torch.randint(0, VOCAB, (rows,)), "item": torch.randint(0, VOCAB, (rows,)),
+             "price": torch.rand(rows), "domain_id": domains, "label": (torch.rand(rows) < 0.2).float()}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def adam_step(model: nn.Module, batch: dict) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        loss_fn(model(batch), batch["label"]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def served(model: nn.Module, batch: dict) -> Callable[[], None]:
+    def call() -> None:
+        with torch.inference_mode():
+            model(batch)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------- measurements
+def step_rows(rounds: int, calls: int, device: str, batch_rows: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for num_domains in (2, 10, 100):
+        plain, adapted = deepfm_pair(num_domains, device)
+        batch = make_batch(batch_rows, num_domains, device)
+        plain_ms, ratio = paired_ratio(adam_step(plain.train(), batch), adam_step(adapted.train(), batch),
+                                       rounds, calls, device)
+        rows.append((f"D = {num_domains}", plain_ms, ratio))
+    return rows
+
+
+def serving_rows(rounds: int, calls: int, device: str) -> list[tuple[str, float, float]]:
+    rows = []
+    for num_domains in (10, 100):
+        plain, adapted = deepfm_pair(num_domains, device)
+        plain.eval(), adapted.eval()
+        for label, size, one in (("one domain, 256 rows", 256, True), ("mixed, 256 rows", 256, False),
+                                 ("mixed, 4,096 rows", 4096, False)):
+            batch = make_batch(size, num_domains, device, one_domain=one)
+            plain_ms, ratio = paired_ratio(served(plain, batch), served(adapted, batch), rounds, calls * 4, device)
+            rows.append((f"D = {num_domains}, {label}", plain_ms, ratio))
+    return rows
+
+
+def path_rows(rounds: int, calls: int, device: str) -> list[tuple[str, float, float, float]]:
+    """One layer's forward + backward by each path, over widths and D * r (mixed rows, 1,024 of them)."""
+    rows = []
+    for fan_in, fan_out, rank in ((32, 256, 4), (256, 128, 2), (128, 64, 1)):
+        for num_domains in (2, 10, 30, 100):
+            torch.manual_seed(0)
+            x = torch.randn(1024, fan_in, device=device, requires_grad=True)
+            linear = nn.Linear(fan_in, fan_out).to(device)
+            A = (0.1 * torch.randn(num_domains, rank, fan_in, device=device)).requires_grad_()
+            B = (0.1 * torch.randn(num_domains, fan_out, rank, device=device)).requires_grad_()
+            db = torch.zeros(num_domains, fan_out, device=device, requires_grad=True)
+            ids = torch.randint(0, num_domains, (1024,), device=device)
+            grad = torch.randn(1024, fan_out, device=device)
+            inputs = [x, linear.weight, linear.bias, A, B, db]
+
+            def plain() -> None:
+                torch.autograd.grad(linear(x), inputs[:3], grad)
+
+            def masked() -> None:
+                routing = make_routing(ids, num_domains, None, x.device, 1024)
+                out = masked_linear(x, linear.weight, linear.bias, A, B, db, routing.domain_ids,
+                                    routing.off_domain(num_domains), 1.0)
+                torch.autograd.grad(out, inputs, grad)
+
+            def grouped() -> None:
+                routing = make_routing(ids, num_domains, None, x.device, 1024)
+                out = routed_linear(x, linear.weight, linear.bias, A, B, db, routing.segments(), 1.0)
+                torch.autograd.grad(out, inputs, grad)
+
+            _, masked_ratio = paired_ratio(plain, masked, rounds, calls, device)
+            _, grouped_ratio = paired_ratio(plain, grouped, rounds, calls, device)
+            rows.append((f"{fan_in} -> {fan_out}, D = {num_domains}", num_domains * rank, masked_ratio, grouped_ratio))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier numbers)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--only", default="step,serving,paths", help="comma-separated subset to run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--step-batch", type=int, default=1024, help="rows of the training-step batch")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rounds, calls = (5, 3) if args.quick else (15, 10)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
+    print(f"{where}; median of {rounds} paired rounds; masked path up to D*r = {layer_module.MASKED_MAX_CODES} on CPU")
+    parts = set(args.only.split(","))
+    if "step" in parts:
+        print(f"\nDeepFM training step (batch {args.step_batch:,}, mixed domains), MLoRA / plain")
+        for label, plain_ms, ratio in step_rows(rounds, calls, args.device, args.step_batch):
+            target = STEP_TARGETS.get(int(label.split("= ")[1]))
+            verdict = "" if target is None else f"  target <= {target}x: {'met' if ratio <= target else 'MISSED'}"
+            print(f"  {label:<10} plain {plain_ms:7.2f} ms   {ratio:.2f}x{verdict}")
+    if "serving" in parts:
+        print("\nDeepFM in inference mode, MLoRA / plain")
+        for label, plain_ms, ratio in serving_rows(rounds, calls, args.device):
+            target = SERVING_TARGETS[label.split(", ", 1)[1]]
+            print(f"  {label:<32} plain {plain_ms:6.3f} ms   {ratio:.2f}x  "
+                  f"target <= {target}x: {'met' if ratio <= target else 'MISSED'}")
+    if "paths" in parts:
+        print("\nOne layer, forward + backward on 1,024 mixed rows, relative to the plain layer")
+        print(f"  {'layer':<22}{'D*r':>6}{'masked':>9}{'grouped':>9}  faster")
+        for label, codes, masked_ratio, grouped_ratio in path_rows(rounds, calls, args.device):
+            faster = "masked" if masked_ratio <= grouped_ratio else "grouped"
+            print(f"  {label:<22}{codes:>6}{masked_ratio:>8.2f}x{grouped_ratio:>8.2f}x  {faster}")
+
+
+if __name__ == "__main__":
+    main()
