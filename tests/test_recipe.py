@@ -146,6 +146,31 @@ def test_two_processes_match_one(tmp_path):
     assert float(wauc_lines[0][1]) == pytest.approx(b["wauc"], abs=1e-4)  # printed once
 
 
+@pytest.mark.slow
+def test_fsdp_config_on_two_cpu_processes_matches_one_process(tmp_path):
+    """recipes/configs/accelerate_fsdp.yaml launched on 2 CPU processes ends like 1 process on the same global batch.
+
+    accelerate engages FSDP on GPUs only; on CPUs it runs the config as data parallel and the recipe says so.
+    """
+    total, batch = _even_split()
+    common = ["mlora.mode=joint", "train.max_epochs=2", f"train.batch_size={batch}", f"data.rows={total}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_launch([f"output_dir={one}", *common]), check=True, capture_output=True, env=ENV)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml"), "--num_processes", "2",
+              "--main_process_port", str(_free_port()), str(ROOT / "recipes" / "train.py"), "--config", str(TINY),
+              "compare_with_plain=false", f"output_dir={two}", *common]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=600,
+                          env={**ENV, "ACCELERATE_USE_CPU": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "engages FSDP on GPUs only" in done.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert (a["processes"], b["processes"], b["distributed_type"]) == (1, 2, "MULTI_CPU")
+    assert b["wauc"] == pytest.approx(a["wauc"], abs=1e-6)
+    for name, row in a["per_domain"].items():
+        assert b["per_domain"][name]["auc"] == pytest.approx(row["auc"], abs=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["joint", "none"])
 def test_evaluate_reproduces_the_saved_report(tmp_path, mode):
     subprocess.run(_launch([f"output_dir={tmp_path}", f"mlora.mode={mode}", "train.max_epochs=1"]), check=True,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from peft import get_peft_model
 from torch import nn
 
@@ -114,7 +116,9 @@ def make_accelerator(**kwargs) -> Accelerator:
     """An `Accelerator` that uses every launched process, CPU-only machines included.
 
     Launched with several processes and no GPU, accelerate would otherwise give each process the
-    whole data and a model of its own; here they share one model over gloo instead.
+    whole data and a model of its own; here they share one model over gloo instead. accelerate
+    engages FSDP on GPUs only: an FSDP config launched on CPUs runs as data parallel (every process
+    holds the whole model), with a warning saying so.
 
     Args:
         **kwargs: passed to `Accelerator`.
@@ -132,6 +136,11 @@ def make_accelerator(**kwargs) -> Accelerator:
         raise RuntimeError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes}, "
                            "so each would work alone on all the data. Launch with `accelerate launch --multi_gpu` "
                            "on GPUs, or set ACCELERATE_USE_CPU=true for several CPU processes.")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+            accelerator.distributed_type != DistributedType.FSDP):
+        warnings.warn(f"An FSDP config was launched, but accelerate set up {accelerator.distributed_type.value}: it "
+                      "engages FSDP on GPUs only, so here every process holds the whole model (data parallel).",
+                      stacklevel=2)
     return accelerator
 
 

@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
     weights = accelerator.get_state_dict(model)  # every process joins (FSDP gathers the full weights)
     unwrapped = accelerator.unwrap_model(model)
     adapters = sum(p.numel() for n, p in unwrapped.named_parameters() if "mdlora_" in n)
-    results = {**report, "config": resolved, "processes": accelerator.num_processes, "kept_shared_model": kept_shared,
+    results = {**report, "config": resolved, "processes": accelerator.num_processes,
+               "distributed_type": accelerator.distributed_type.value, "kept_shared_model": kept_shared,
                "params": {"backbone": sum(p.numel() for p in unwrapped.parameters()) - adapters,
                           "adapters": adapters}}
     accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)
