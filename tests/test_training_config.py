@@ -90,3 +90,14 @@ def test_nothing_loads_code_by_path_or_edits_sys_path():
              for path in sorted((ROOT / folder).rglob("*.py")) if path.name != "test_training_config.py"
              for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
+
+
+@pytest.mark.parametrize("module", ["config", "build", "loop", "checkpoint", "run_dir", "runs"])
+def test_training_doctests_pass(module, tmp_path, monkeypatch):
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(importlib.import_module(f"mlora_peft.training.{module}"),
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
