@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlora_peft.training import load_config, run
+from mlora_peft.training import OutputDirError, load_config, run
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -32,7 +32,10 @@ def main() -> None:
         cfg = load_config(args.config, args.overrides)  # checked before any data is read
     except ValueError as error:
         parser.error(str(error))
-    run(cfg)
+    try:
+        run(cfg)
+    except OutputDirError as error:  # a folder holding another run: say what to do, no traceback
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,16 @@ def test_the_command_line_refuses_a_bad_config_before_reading_data():
     assert "resolved config" not in done.stdout and time.perf_counter() - start < 60
 
 
+def test_the_command_line_refuses_a_folder_holding_another_run(tmp_path):
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(TINY),
+                           f"output_dir={tmp_path}"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"output_dir {tmp_path} holds another run's files (['log.jsonl'])" in done.stderr
+    assert "train.resume=true" in done.stderr and "overwrite=true" in done.stderr
+    assert (tmp_path / "log.jsonl").read_text() == "{}\n"
+
+
 def test_recipes_are_thin_command_lines():
     for name in ("train.py", "evaluate.py"):
         text = (ROOT / "recipes" / name).read_text()

@@ -36,7 +36,7 @@ from .config import (
     load_config,
 )
 from .loop import STAGES, end_epoch, run, scheduled_lr, set_stage, train
-from .run_dir import check_output_dir
+from .run_dir import OutputDirError, check_output_dir
 from .runs import evaluate_run, load_run
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "EmbeddingL2",
     "HubSettings",
     "MloraSettings",
+    "OutputDirError",
     "ModelConfig",
     "Range",
     "TrainConfig",

@@ -11,6 +11,10 @@ from accelerate import Accelerator
 
 from .checkpoint import CHECKPOINTS, TrainingState
 
+class OutputDirError(ValueError):
+    """`output_dir` cannot take this run: it holds another run, or files that are not a run's."""
+
+
 RUN_MARKERS = ("config.yaml", "log.jsonl", "results.json", CHECKPOINTS)
 """Files and folders that show a folder holds a training run (what `overwrite=true` may clear)."""
 
@@ -27,7 +31,7 @@ def check_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
         True when `overwrite` asks to clear a folder holding a run.
 
     Raises:
-        ValueError: the folder holds another run's files (and neither choice was made), or it holds files
+        OutputDirError: (a `ValueError`) the folder holds another run's files (and neither choice was made), or it holds files
             that are not a training run's (which `overwrite` does not delete).
 
     Example:
@@ -41,16 +45,16 @@ def check_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output_dir {out_dir} is a file; choose a folder.")
+        raise OutputDirError(f"output_dir {out_dir} is a file; choose a folder.")
     entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if not entries or resume:
         return False
     if not any(name in RUN_MARKERS for name in entries):
-        raise ValueError(f"output_dir {out_dir} is not empty and holds no training run ({entries[:5]}); choose a "
+        raise OutputDirError(f"output_dir {out_dir} is not empty and holds no training run ({entries[:5]}); choose a "
                          "new or empty folder (overwrite=true clears only folders holding a run).")
     if overwrite:
         return True
-    raise ValueError(f"output_dir {out_dir} holds another run's files ({entries[:5]}). Pass train.resume=true to "
+    raise OutputDirError(f"output_dir {out_dir} holds another run's files ({entries[:5]}). Pass train.resume=true to "
                      "continue that run from its newest checkpoint, or overwrite=true to delete its files and "
                      "start again, or choose another output_dir.")
 
