@@ -35,7 +35,7 @@ from .config import (
     from_dict,
     load_config,
 )
-from .loop import STAGES, end_epoch, run, scheduled_lr, set_stage, train
+from .loop import STAGES, end_epoch, next_stage, run, scheduled_lr, set_stage, train
 from .run_dir import OutputDirError, check_output_dir
 from .runs import evaluate_run, load_run
 
@@ -66,6 +66,7 @@ __all__ = [
     "load_run",
     "make_accelerator",
     "make_optimizer",
+    "next_stage",
     "rotate_checkpoints",
     "run",
     "save_checkpoint",

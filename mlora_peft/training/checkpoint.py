@@ -285,7 +285,8 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, model: nn.Module, op
         if Path(name).name != name or _fingerprint(folder / name) != expected:
             raise CheckpointError(f"{folder / name} does not match the manifest (truncated or changed).")
     meta = read_json(folder / "state.json")
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    fields = {"format_version", "state", "processes", "sharded", "scaler", "config"}
+    if not isinstance(meta, dict) or set(meta) != fields or meta["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{folder / 'state.json'} is not a format-{FORMAT_VERSION} training state.")
     refuse_changed_config(meta["config"], config, folder)
     state = TrainingState.from_json(meta["state"])

@@ -98,6 +98,25 @@ def scheduled_lr(settings: TrainSettings, state: TrainingState, batch_index: int
     return settings.lr * (settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine)
 
 
+def next_stage(state: TrainingState, carry_best: bool) -> None:
+    """Move `state` to the next stage's first epoch, with a fresh early-stopping record and lr factor.
+
+    Args:
+        state: the training state, updated in place.
+        carry_best: keep the best score (`mlora.keep_shared_if_better` after the shared stage: the
+            adapters must beat it), marked as the shared stage's.
+
+    Example:
+        >>> state = TrainingState(epoch=3, best_score=0.7, waited=2)
+        >>> next_stage(state, carry_best=False)
+        >>> state.stage, state.epoch, state.best_score, state.waited
+        (1, 0, -inf, 0)
+    """
+    state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
+    state.best_score = state.best_score if carry_best else float("-inf")
+    state.best_from_shared, state.waited, state.lr_factor = carry_best, 0, 1.0
+
+
 def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
           data: Optional[MultiDomainData] = None) -> dict:
     """Train one model as `cfg` says, into `out_dir`; returns the test report with config and parameter counts.
@@ -201,10 +220,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
         kept_shared = stage == "adapters" and state.best_from_shared
         if kept_shared:
             accelerator.print("[adapters] no epoch beat the shared model on validation: keeping it, adapters at zero")
-        carry = stage == "shared" and cfg.mlora.keep_shared_if_better  # the adapters must beat the shared best
-        state.stage, state.epoch, state.step_in_epoch = state.stage + 1, 0, 0
-        state.best_score = state.best_score if carry else float("-inf")
-        state.best_from_shared, state.waited, state.lr_factor = carry, 0, 1.0
+        next_stage(state, carry_best=stage == "shared" and cfg.mlora.keep_shared_if_better)
         optimizer.state.clear()  # a fresh optimiser state for the next stage
 
     # -- per-domain evaluation and save
