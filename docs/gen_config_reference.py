@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 
 from mlora_peft import MultiDomainLoraConfig
+from mlora_peft.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "reference" / "config.md"
-
-
-def _recipe_module():
-    spec = importlib.util.spec_from_file_location("recipe_train_for_docs", ROOT / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -42,13 +34,18 @@ def _table(cls, names=None, prefix: str = "") -> list[str]:
             continue
         if "help" not in f.metadata:
             continue
-        text = " ".join(f.metadata["help"].split()).replace("|", "\\|")
+        text = " ".join(f.metadata["help"].split())
+        if "range" in f.metadata:
+            kind = f.type.replace("Optional[", "").replace("list[", "").rstrip("]")
+            text += f" Allowed: {f.metadata['range'].describe(kind)}."
+        if "choices" in f.metadata:
+            text += f" Allowed: {', '.join(f.metadata['choices'])}."
+        text = text.replace("|", "\\|")
         rows.append(f"| `{prefix}{f.name}` | {_default(f)} | {text} |")
     return rows
 
 
 def render() -> str:
-    train = _recipe_module()
     lines = [
         "# Configuration reference",
         "",
@@ -63,14 +60,15 @@ def render() -> str:
         "",
         *_table(MultiDomainLoraConfig, names=set(MultiDomainLoraConfig.__annotations__)),
         "",
-        "## Training recipe (`recipes/train.py`)",
+        "## Training (`mlora_peft.training.TrainConfig`, `recipes/train.py`)",
         "",
         "YAML files in `recipes/configs/` set these keys; `key=value` arguments override them, with",
-        "dots for sections (`train.lr=3e-4`). Unknown keys are errors.",
+        "dots for sections (`train.lr=3e-4`). Unknown keys, values of the wrong type and numbers out of",
+        "the allowed range are errors, reported before any data is read.",
         "",
-        *_table(train.TrainConfig),
+        *_table(TrainConfig),
     ]
-    for f in dataclasses.fields(train.TrainConfig):
+    for f in dataclasses.fields(TrainConfig):
         section = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(section):
             lines += ["", f"### `{f.name}`", "", *_table(type(section), prefix=f"{f.name}.")]

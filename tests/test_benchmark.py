@@ -1,8 +1,7 @@
-"""The benchmark recipe's quick path: cached runs are reused, an interrupted run restarts, the page comes from the cache."""
+"""The benchmark (benchmarks/benchmark.py): cached runs are reused, an interrupted run restarts, the page
+comes from the cache."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,11 @@ from mlora_peft.metrics import roc_auc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def benchmark():
-    return _load_recipe("benchmark")
+    from benchmarks import benchmark
+
+    return benchmark
 
 
 def _tiny_args(tmp_path: Path) -> list[str]:
@@ -36,13 +29,13 @@ def _tiny_args(tmp_path: Path) -> list[str]:
 
 def _count_training(benchmark, monkeypatch) -> list:
     calls = []
-    real = benchmark.train_recipe.train
+    real = benchmark.training.train
 
     def counting(cfg, out_dir, data=None):
         calls.append(out_dir)
         return real(cfg, out_dir, data=data)
 
-    monkeypatch.setattr(benchmark.train_recipe, "train", counting)
+    monkeypatch.setattr(benchmark.training, "train", counting)
     return calls
 
 
@@ -174,7 +167,7 @@ def test_an_option_of_another_mode_runs_with_that_mode(benchmark):
 
 
 def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_beside_it(tmp_path):
-    report = _load_recipe("benchmark_report")
+    from benchmarks import benchmark_report as report
 
     def steps(batch, deepfm_ratio):
         return {"device": "cuda", "batch": batch, "note": f"batch {batch}", "domain_counts": [2],
@@ -184,8 +177,8 @@ def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_besid
     (tmp_path / "steps_cuda_batch65536.json").write_text(json.dumps(steps(65536, 1.1)))
     lines, judged = report.speed_section(tmp_path)
     assert [line for line in lines if line.startswith("### One full")] == [
-        "### One full training step, MLoRA / plain, cuda, batch 1,024 (`recipes/bench_speed.py`)",
-        "### One full training step, MLoRA / plain, cuda, batch 65,536 (`recipes/bench_speed.py`)"]
+        "### One full training step, MLoRA / plain, cuda, batch 1,024 (`benchmarks/bench_speed.py`)",
+        "### One full training step, MLoRA / plain, cuda, batch 65,536 (`benchmarks/bench_speed.py`)"]
     goal = [row for row in report.goals({}, None, judged) if "DeepFM" in row][0]
     assert "| not met |" in goal and "1.90x" in goal and "1.10x" not in goal
     assert [row for row in report.goals({}, None, judged) if row.startswith("- **DeepFM step:**")][0].startswith(
@@ -194,7 +187,7 @@ def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_besid
 
 def test_a_missed_amazon_goal_says_by_how_much_and_what_was_tried():
     """Shortfalls are computed from the paired numbers (hand-computed here); `tried` lists every MLoRA config."""
-    report = _load_recipe("benchmark_report")
+    from benchmarks import benchmark_report as report
 
     def runs(model, mode, test, validation=0.7, composition="mixed"):
         return {seed: {"model": model, "mode": mode, "option_overrides": [], "composition": composition,
@@ -250,7 +243,7 @@ def test_synthetic_goals_judge_the_joint_config_chosen_on_validation_not_on_test
     """/64 has the better validation score and the worse test score: the goal takes /64, with its test cost.
     An option that changes the backbone too, and two-stage, better on validation still, are not the goals' model
     (joint MLoRA on the paper's backbone); an option of MLoRA's own settings is."""
-    report = _load_recipe("benchmark_report")
+    from benchmarks import benchmark_report as report
     data_options = {"num_domains": 3, "domain_effect": 0.0, "rows": 1000}
 
     def runs(model, mode, validation, test, option="", overrides=()):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +16,10 @@ from mlora_peft.models import (
     list_models,
     parameter_table,
 )
+from tests.test_docs import run_generator
 from tests.test_models import DOMAINS, TINY_SPEC, options
 
 RANKS = [dict(r=2), dict(rank_divisor=4), dict()]
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 @pytest.mark.parametrize("name", list_models("backbones"))
@@ -58,7 +56,5 @@ def test_parameter_table_covers_every_model():
 
 
 def test_models_page_is_up_to_date():
-    spec = importlib.util.spec_from_file_location("gen_models_page", DOCS / "gen_models_page.py")
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    assert (DOCS / "models.md").read_text() == generator.render(), "run: python docs/gen_models_page.py"
+    checked = run_generator("gen_models_page.py", "--check")
+    assert checked.returncode == 0, f"run: python docs/gen_models_page.py\n{checked.stdout}{checked.stderr[-2000:]}"

@@ -169,6 +169,7 @@ def load_multidomain(
     domain_names: Optional[Sequence[str]] = None,
     exclude: Sequence[str] = (),
     embedding_dim: int = 8,
+    encoder: Optional[MultiDomainEncoder] = None,
     **load_kwargs: Any,
 ) -> MultiDomainData:
     """Load, split and encode a multi-domain CTR table.
@@ -191,6 +192,8 @@ def load_multidomain(
         domain_names: display names matching `domain_order` (default: `str(value)`).
         exclude: columns never used as features when inferring them.
         embedding_dim: embedding width in `feature_spec`.
+        encoder: an encoder fitted before (e.g. `MultiDomainEncoder.load(adapter_dir)`) to encode with
+            instead of fitting one on train: values it has not seen map to the unknown id.
         **load_kwargs: reading options (see `read_source`).
 
     Returns:
@@ -227,9 +230,10 @@ def load_multidomain(
     raw = _split(tables, rule, domain, split, seed)
     if domain_order is not None:
         domain_order, domain_names = _train_order(raw, domain, list(domain_order), domain_names)
-    encoder = MultiDomainEncoder.fit(raw["train"], label=rule, domain=domain, sparse=sparse, dense=dense,
-                                     min_frequency=min_frequency, normalize=normalize,
-                                     domain_order=domain_order, domain_names=domain_names)
+    if encoder is None:
+        encoder = MultiDomainEncoder.fit(raw["train"], label=rule, domain=domain, sparse=sparse, dense=dense,
+                                         min_frequency=min_frequency, normalize=normalize,
+                                         domain_order=domain_order, domain_names=domain_names)
     _check_domains(encoder, raw)
     splits = datasets.DatasetDict({
         name: datasets.Dataset(InMemoryTable(encoder.transform(raw[name], with_label=True)),

@@ -14,7 +14,7 @@ come from `torch.autograd.grad`, so nothing accumulates between calls. After a w
 time each approach right after the plain Linear, and a ratio is the median over the rounds of
 approach / plain, which cancels load that comes and goes (the CPU may be shared).
 
-    python recipes/bench_routing.py [--quick] [--threads 2]
+    python -m benchmarks.bench_routing [--quick] [--threads 2]
 """
 
 from __future__ import annotations

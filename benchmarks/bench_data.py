@@ -1,7 +1,7 @@
 """Benchmark the batch path: rows/s of each composition beside the training step time of a small model.
 
-    python recipes/bench_data.py                      # 1M rows, 40 columns, batch 4096, one thread
-    python recipes/bench_data.py --rows 200000 --threads 2
+    python -m benchmarks.bench_data                      # 1M rows, 40 columns, batch 4096, one thread
+    python -m benchmarks.bench_data --rows 200000 --threads 2
 
 The table has 30 sparse id columns, 8 dense columns, `domain_id` and `label` (40 columns). The
 in-memory path (`make_loader`) is timed for each composition, then the streaming path

@@ -1,26 +1,25 @@
 """When does MLoRA help? Paired runs on real and synthetic data, written up as docs/benchmarks.md.
 
-    python recipes/benchmark.py --quick                               # a smoke run in minutes
-    python recipes/benchmark.py                                       # everything, 5 seeds (days on a CPU)
-    python recipes/benchmark.py --data amazon6 --models mlp,deepfm,shared_bottom --seeds 0,1,2
-    python recipes/benchmark.py --data amazon6 --models mlp --options emb_l2_1,paper_dropout  # options, paired
-    python recipes/benchmark.py --data ml100k --movielens-features side   # ML-100K with user and item attributes
-    python recipes/benchmark.py --report-only                         # rewrite the page from the cache
-    python recipes/benchmark.py --reproduce 10 --data amazon6,ml100k  # retrain 10 cached runs, compare
+    python -m benchmarks.benchmark --quick                               # a smoke run in minutes
+    python -m benchmarks.benchmark                                       # everything, 5 seeds (days on a CPU)
+    python -m benchmarks.benchmark --data amazon6 --models mlp,deepfm,shared_bottom --seeds 0,1,2
+    python -m benchmarks.benchmark --data amazon6 --models mlp --options emb_l2_1,paper_dropout  # options, paired
+    python -m benchmarks.benchmark --data ml100k --movielens-features side   # ML-100K with user and item attributes
+    python -m benchmarks.benchmark --report-only                         # rewrite the page from the cache
+    python -m benchmarks.benchmark --reproduce 10 --data amazon6,ml100k  # retrain 10 cached runs, compare
 
 Every run is `recipes/train.py`'s `train()` with the paper's settings (embedding 8, hidden
 [256, 128, 64], dropout 0.5, Adam 1e-3, batch 1024, early stopping on validation mean AUC,
 patience 3). A seed fixes the data (user subsample, negatives, split) and the initialisation for
 every model, so differences between models are paired. Each (data, model, seed) leaves a
 `summary.json` in the cache folder; a rerun skips finished runs, so an interrupted run continues.
-The page and its plots are generated from the cached summaries only (`recipes/benchmark_report.py`);
-the speed section comes from `recipes/bench_speed.py`.
+The page and its plots are generated from the cached summaries only (`benchmarks/benchmark_report.py`);
+the speed section comes from `benchmarks/bench_speed.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -42,6 +41,10 @@ from mlora_peft import models
 from mlora_peft.data import MultiDomainData
 from mlora_peft.features import SparseFeature
 from mlora_peft.metrics import domain_report
+from mlora_peft import training
+from mlora_peft.training import write_json_atomic
+
+from benchmarks import bench_speed, benchmark_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT.parent / "shared" / "data"
@@ -52,16 +55,7 @@ items; at D=10, 100,000 rows give a domain 6,000 training rows on average (12 pe
 about 2 per user, too few to learn such an effect (the page shows both)."""
 
 
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", Path(__file__).parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-train_recipe = load_recipe("train")
+DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "default.yaml"  # the recipe's settings, the paper's
 
 
 # ---------------------------------------------------------------------------------- what runs
@@ -264,7 +258,7 @@ def write_oracles(cache: Path) -> None:
         for seed in missing:
             found[str(seed)] = synthetic_oracle(summaries[0]["data_options"], seed)
         if missing:
-            train_recipe.write_json_atomic(path, dict(sorted(found.items(), key=lambda item: int(item[0]))))
+            write_json_atomic(path, dict(sorted(found.items(), key=lambda item: int(item[0]))))
 
 
 def synthetic_oracle(options: dict, seed: int) -> dict:
@@ -293,7 +287,7 @@ def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCac
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = parameter_counts(data_cache.get(spec, seed), data_cache.embedding_dim)
-        train_recipe.write_json_atomic(path, {"rows": rows})
+        write_json_atomic(path, {"rows": rows})
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -307,13 +301,13 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts over (its log would be appended to)
     data = data_cache.get(spec, seed)
-    cfg = train_recipe.load_config(train_recipe.DEFAULT_CONFIG, [
+    cfg = training.load_config(DEFAULT_CONFIG, [
         f"output_dir={run_dir}", "compare_with_plain=false", f"data.source={spec.source}",
         f"data.composition={spec.composition}", f"data.seed={seed}", f"train.seed={seed}",
         f"model.name={variant.model}", f"model.embedding_dim={data_cache.embedding_dim}",
         f"mlora.mode={variant.mode}", f"mlora.rank_divisor={variant.rank_divisor}", *variant.overrides, *overrides])
     start = time.perf_counter()
-    results = train_recipe.train(cfg, run_dir, data=data)
+    results = training.train(cfg, run_dir, data=data)
     seconds = time.perf_counter() - start
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     last_stage = [r for r in log if r["stage"] == log[-1]["stage"]]
@@ -331,7 +325,7 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
     for heavy in ("model.safetensors", "adapter", "test_predictions.safetensors"):
         target = run_dir / heavy  # the summary keeps what the page needs; weights would fill the disk
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    train_recipe.write_json_atomic(summary_path, summary)
+    write_json_atomic(summary_path, summary)
     return summary
 
 
@@ -415,7 +409,7 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
                             "threads": torch.get_num_threads()})
             print(f"reproduced {cached['data']} {cached['variant']} seed {cached['seed']}: test WAUC "
                   f"{cached['test']['wauc']:.6f} cached, {rerun['test']['wauc']:.6f} now", flush=True)
-    train_recipe.write_json_atomic(path, earlier + records)
+    write_json_atomic(path, earlier + records)
     return records
 
 
@@ -547,8 +541,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
     """Run what the arguments select (skipping cached runs), then write the page. Returns the page path."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = load_recipe("benchmark_report")
-    command = "python recipes/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = benchmark_report
+    command = "python -m benchmarks.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.reproduce:
         reproduce(args.cache, args.data.split(","), args.reproduce, DataCache(args.data_root, embedding_dim=8))
     elif not args.report_only:
@@ -561,8 +555,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
         data_cache = DataCache(args.data_root, embedding_dim=8)
         run_all(specs, chosen, seeds, args.cache, data_cache, args.override)
         if args.speed != "skip":
-            load_recipe("bench_speed").run_speed(args.cache / "speed", quick=args.speed == "quick",
-                                                 scale_rows=args.scale_rows)
+            bench_speed.run_speed(args.cache / "speed", quick=args.speed == "quick", scale_rows=args.scale_rows)
     write_oracles(args.cache)
     return report.write_page(args.cache, args.page)
 

@@ -1,18 +1,17 @@
 """Speed of MLoRA for the benchmark page: routed layers, full training steps, the data path, a scale run.
 
-    python recipes/bench_speed.py --out runs/benchmark/speed [--quick] [--scale-rows 10000000] [--step-batch 1024]
+    python -m benchmarks.bench_speed --out runs/benchmark/speed [--quick] [--scale-rows 10000000] [--step-batch 1024]
 
-Writes routing.json (ratios from `recipes/bench_routing.py`), steps.json (one Adam step of each
+Writes routing.json (ratios from `benchmarks/bench_routing.py`), steps.json (one Adam step of each
 backbone with MLoRA over the same step without it, mixed batches, D = 2, 10, 100), data.json
-(rows/s from `recipes/bench_data.py`'s paths) and scale.json (one epoch over synthetic rows
+(rows/s from `benchmarks/bench_data.py`'s paths) and scale.json (one epoch over synthetic rows
 streamed from `stream_synthetic` with 1,000 domains, run in a child process so its peak memory is
-its own). `recipes/benchmark.py` calls `run_speed`; `benchmark_report.py` renders the files.
+its own). `benchmarks/benchmark.py` calls `run_speed`; `benchmark_report.py` renders the files.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import resource
 import statistics
@@ -32,20 +31,14 @@ from mlora_peft import models
 from mlora_peft.data import StreamingBatches, make_synthetic, stream_synthetic
 from mlora_peft.features import DenseFeature, SparseFeature
 
+from benchmarks import bench_data, bench_routing
+
 STEP_BATCH, STEP_VOCAB, STEP_DOMAINS = 1024, 10_000, (2, 10, 100)
-
-
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", Path(__file__).parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------- routed layers
 def routing_ratios(quick: bool) -> dict:
-    bench = _recipe("bench_routing")
+    bench = bench_routing
     rounds, calls = (3, 2) if quick else (9, 3)
     rows = []
     for train_base, weights in ((True, "trainable"), (False, "frozen")):
@@ -142,7 +135,7 @@ def step_ratios(quick: bool, device: str = "cpu", batch: int = STEP_BATCH) -> di
 
 # ---------------------------------------------------------------------------------- data path
 def data_rates(quick: bool) -> dict:
-    bench = _recipe("bench_data")
+    bench = bench_data
     rows = 100_000 if quick else 500_000
     table = bench.make_table(rows, 6)
     found = {}
@@ -151,7 +144,7 @@ def data_rates(quick: bool) -> dict:
             bench.make_loader(table, batch_size=4096, composition=composition), 1)
     chunks = lambda: (table.slice(start, 1 << 18) for start in range(0, rows, 1 << 18))  # noqa: E731
     found["streaming mixed (encoded chunks)"], _ = bench.rows_per_second(StreamingBatches(chunks, batch_size=4096), 1)
-    note = (f"`recipes/bench_data.py`'s table ({rows:,} rows, 30 sparse + 8 dense columns, 6 domains), batch 4096, "
+    note = (f"`benchmarks/bench_data.py`'s table ({rows:,} rows, 30 sparse + 8 dense columns, 6 domains), batch 4096, "
             f"one epoch per path, {torch.get_num_threads()} thread(s).")
     return {"note": note, "rows_per_second": found}
 
@@ -216,8 +209,9 @@ def run_speed(out_dir: Path, quick: bool, scale_rows: Optional[int] = None, devi
     path = out_dir / f"scale{suffix}.json"
     if "scale" in parts and not path.exists():
         rows = scale_rows or (200_000 if quick else 10_000_000)
-        subprocess.run([sys.executable, __file__, "--scale-child", str(rows), "--out", str(path),
-                        "--threads", str(torch.get_num_threads()), "--device", device], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_speed", "--scale-child", str(rows), "--out", str(path),
+                        "--threads", str(torch.get_num_threads()), "--device", device], check=True,
+                       cwd=Path(__file__).resolve().parents[1])
         print(f"speed: wrote {path}", flush=True)
 
 

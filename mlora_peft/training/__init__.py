@@ -1,0 +1,77 @@
+"""Training as library code: the config, building data and model, the loop, checkpoints and saved runs.
+
+`recipes/train.py` and `recipes/evaluate.py` are thin command lines over this package:
+
+    from mlora_peft.training import load_config, run
+    run(load_config("recipes/configs/tiny.yaml", ["train.lr=3e-3", "mlora.mode=two_stage"]))
+
+- `config`: `TrainConfig` and its sections, `load_config` (YAML + dotted overrides), `check_config`;
+- `build`: `load_data`, `build_model`, `make_optimizer`, `make_accelerator`, `EmbeddingL2`;
+- `loop`: `train` (one model into one folder), `run` (the recipe), stages, schedules, early stopping;
+- `checkpoint`: safetensors + JSON checkpoints (nothing pickled), resume with fallback;
+- `run_dir`: one run per output folder; `runs`: reading a finished run back (`evaluate_run`).
+"""
+
+from .build import EmbeddingL2, build_model, load_data, make_accelerator, make_optimizer
+from .checkpoint import (
+    CheckpointError,
+    TrainingState,
+    complete_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+    rotate_checkpoints,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .config import (
+    DataConfig,
+    HubSettings,
+    MloraSettings,
+    ModelConfig,
+    Range,
+    TrainConfig,
+    TrainSettings,
+    check_config,
+    from_dict,
+    load_config,
+)
+from .loop import STAGES, end_epoch, next_stage, run, scheduled_lr, set_stage, train
+from .run_dir import OutputDirError, check_output_dir
+from .runs import evaluate_run, load_run
+
+__all__ = [
+    "STAGES",
+    "CheckpointError",
+    "DataConfig",
+    "EmbeddingL2",
+    "HubSettings",
+    "MloraSettings",
+    "OutputDirError",
+    "ModelConfig",
+    "Range",
+    "TrainConfig",
+    "TrainSettings",
+    "TrainingState",
+    "build_model",
+    "check_config",
+    "check_output_dir",
+    "complete_checkpoints",
+    "end_epoch",
+    "evaluate_run",
+    "from_dict",
+    "load_checkpoint",
+    "load_config",
+    "load_data",
+    "load_latest_checkpoint",
+    "load_run",
+    "make_accelerator",
+    "make_optimizer",
+    "next_stage",
+    "rotate_checkpoints",
+    "run",
+    "save_checkpoint",
+    "scheduled_lr",
+    "set_stage",
+    "train",
+    "write_json_atomic",
+]
