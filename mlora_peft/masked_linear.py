@@ -23,7 +23,7 @@ from torch import Tensor
 MASKED_MAX_CODES = 4
 """The largest `D * r` (domains times rank) for which a CPU layer takes the masked path.
 
-Measured with `recipes/bench_step_serving.py --only paths` (one thread, forward + backward on
+Measured with `python -m benchmarks.bench_step_serving --only paths` (one thread, forward + backward on
 1,024 mixed rows, the zoo tower's 32 -> 256, 256 -> 128 and 128 -> 64 layers at the default
 ranks): the masked path wins at D * r = 2 and 4 (D = 2) and loses from D * r = 8 on (the
 `(N, D*r) @ (D*r, out)` product costs as much as the base product once D * r nears the input

@@ -13,7 +13,7 @@ reported, which cancels load that comes and goes on a shared machine):
   paths    forward + backward of one adapted layer by the masked path and by the grouped path
            (mixed rows), against the plain layer, over D * r: where the masked path stops paying.
 
-    python recipes/bench_step_serving.py [--quick] [--threads 1] [--only step,serving,paths] [--device cpu]
+    python -m benchmarks.bench_step_serving [--quick] [--threads 1] [--only step,serving,paths] [--device cpu]
 """
 
 from __future__ import annotations
