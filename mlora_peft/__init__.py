@@ -9,7 +9,7 @@ from .hub import load_domains, load_json_text, push_to_hub, save_pretrained
 from .layer import MultiDomainLoraLayer
 from .model import MultiDomainLoraModel
 from .registration import register
-from .routing import domain_context
+from .routing import checkpoint_context_fn, domain_context
 from . import models  # registers the zoo's CTRConfig / CTRModel with transformers' Auto classes
 
 register()
@@ -19,6 +19,7 @@ __all__ = [
     "MultiDomainLoraConfig",
     "MultiDomainLoraLayer",
     "MultiDomainLoraModel",
+    "checkpoint_context_fn",
     "domain_context",
     "load_domains",
     "load_json_text",

@@ -8,7 +8,16 @@ from typing import Literal, Optional, Union
 
 from peft import PeftConfig
 
-PEFT_TYPE = "MULTI_DOMAIN_LORA"
+class _PeftTypeName(str):
+    """Our key in PEFT's registries: a plain string (PEFT's `PeftType` enum is closed) that also has
+    the enum's `.value`, which PEFT's messages read (e.g. `get_peft_model(..., mixed=True)`)."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+PEFT_TYPE = _PeftTypeName("MULTI_DOMAIN_LORA")
 DEFAULT_RANK_DIVISOR = 64
 """Ranks 4, 2, 1 for widths 256, 128, 64: under 6% of a zoo backbone's dense parameters per domain, and on
 validation as good as 16 on the benchmark's ML-100K splits, Amazon-6 and the synthetic main job."""
