@@ -138,6 +138,22 @@ def checkpoint_context_fn() -> tuple[Any, Any]:
 
     Returns:
         The `(forward, recompute)` context managers `torch.utils.checkpoint` expects.
+
+    Example:
+        >>> import torch, mlora_peft
+        >>> from peft import get_peft_model
+        >>> from torch.utils.checkpoint import checkpoint
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        ...         self.head = torch.nn.Linear(8, 1)
+        ...     def forward(self, x):
+        ...         h = checkpoint(self.block, x, use_reentrant=False, context_fn=mlora_peft.checkpoint_context_fn)
+        ...         return self.head(h)
+        >>> config = mlora_peft.MultiDomainLoraConfig(num_domains=3, r=2, train_base=True)
+        >>> model = get_peft_model(Net(), config)
+        >>> model(torch.randn(2, 4), domain_ids=[0, 2]).sum().backward()
     """
     routing = current_routing()
     return nullcontext(), (nullcontext() if routing is None else routed(routing))
