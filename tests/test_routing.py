@@ -107,3 +107,10 @@ def test_names_without_domain_names_are_refused(x):
     model = get_peft_model(PlainMLP(), MultiDomainLoraConfig(num_domains=2, r=1))
     with pytest.raises(ValueError, match="has no domain_names"):
         model(x, domain_ids="x")
+
+
+def test_dict_batch_row_count_is_read_from_the_features_not_the_ids():
+    model = get_peft_model(DictModel(), MultiDomainLoraConfig(num_domains=3, r=2, init_weights=False))
+    batch = {"domain_id": torch.tensor([0, 1, 2, 1]), **DictModel.example_inputs(8)}  # the ids come first
+    with pytest.raises(ValueError, match="Got 4 domain ids for a batch of 8 rows"):
+        model(batch)
