@@ -238,3 +238,17 @@ def test_one_domain_inference_follows_weight_updates():
         model.load_state_dict({k: v + 0.1 for k, v in model.state_dict().items()})
         torch.testing.assert_close(model(x, domain_ids=1), model(x, domain_ids=torch.full((7,), 1)))
         assert not torch.equal(before, model(x, domain_ids=1))
+
+
+def test_a_call_walks_no_modules(monkeypatch):
+    """The routing's per-call cost does not grow with the model: nothing walks the module tree."""
+    model = adapted_mlp().eval()
+    x = torch.randn(4, 6)
+    walks = []
+    for method in ("modules", "named_modules"):
+        original = getattr(nn.Module, method)
+        monkeypatch.setattr(nn.Module, method, lambda self, *a, _o=original, _m=method, **k: walks.append(_m) or _o(self, *a, **k))
+    model(x, domain_ids=[0, 1, 2, 3])
+    with torch.inference_mode():
+        model(x, domain_ids=2)
+    assert walks == []
