@@ -127,15 +127,15 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
             return self.base_layer(x, *args, **kwargs)
         flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
         routing = self._routing_for(flat, name)
-        if flat.shape[0] != routing.num_rows:
-            routing = routing.repeated(flat.shape[0])
-        routing = routing.on(x.device)
         if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            weight, bias = self._merged_weights(name, routing.single_domain, dtype, x.device)
+            device = x.device  # serving one domain: its merged weights, no ids needed
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+            weight, bias = self._merged_weights(name, routing.single_domain, dtype, device)
             out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): what the plain layer costs
         else:
-            out = self._adapter_forward(flat, name, routing)  # (N * L, out)
+            if flat.shape[0] != routing.num_rows:
+                routing = routing.repeated(flat.shape[0])
+            out = self._adapter_forward(flat, name, routing.on(x.device))  # (N * L, out)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _adapter_to_route(self) -> Optional[str]:
