@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .routed_linear import base_gradients
+
 MASKED_MAX_CODES = 4
 """The largest `D * r` (domains times rank) for which a CPU layer takes the masked path.
 
@@ -45,16 +47,10 @@ def masked_linear(
     """`x @ W^T + b + scaling * B_d A_d a + b_d` per row, for 2-D `x` of shape `(N, in)`.
 
     Args:
-        x: `(N, in)` layer input.
-        weight, bias: the base layer's `(out, in)` weight and `(out,)` bias (or None); weight None
-            skips the base product `W x`, leaving `b + scaling * B_d A_d a + b_d`.
-        lora_A: `(D, r, in)` stacked down-projections.
-        lora_B: `(D, out, r)` stacked up-projections.
-        domain_bias: `(D, out)` per-domain biases, or None.
+        x, weight, bias, lora_A, lora_B, domain_bias, scaling, adapter_input: as for
+            `routed_linear.routed_linear`.
         domain_ids: `(N,)` int64 domain of each row, in [0, D).
         off_domain: `(N, D, 1)` bool, True where row n's domain is not d (`Routing.off_domain`).
-        scaling: factor of the low-rank term.
-        adapter_input: the input of the low-rank term when it differs from `x` (dropout).
 
     Returns:
         `(N, out)` output.
@@ -93,7 +89,7 @@ class _MaskedLinear(torch.autograd.Function):
         domains_rank, fan_in = A_all.shape
         domains = off_domain.shape[1]
         need_grad_a = need[1] or (need[0] and not ctx.has_adapter_input)
-        grad_x = grad_a = grad_w = grad_b = grad_A = grad_B = grad_db = None
+        grad_a = grad_b = grad_A = grad_B = grad_db = None
         if need[4] or need_grad_a:
             grad_codes = (grad_out @ B_all.t()).view(-1, domains, domains_rank // domains)  # (N, D, r)
             grad_codes = grad_codes.masked_fill_(off_domain, 0).view(-1, domains_rank)  # (N, D*r)
@@ -111,16 +107,8 @@ class _MaskedLinear(torch.autograd.Function):
             grad_db = grad_out.new_zeros(ctx.domain_bias_shape).index_add_(0, domain_ids, grad_out)  # (D, out)
             if need[3]:  # the base bias gradient is the sum of the domains' (one pass over grad_out saved)
                 grad_b = grad_db.sum(0)
-        if need[0] and weight is None:
-            grad_x, grad_a = (None, grad_a) if ctx.has_adapter_input else (grad_a, None)
-        elif need[0] and ctx.has_adapter_input:
-            grad_x = grad_out @ weight  # (N, in)
-        elif need[0]:
-            grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
-        if need[2]:
-            grad_w = grad_out.t() @ x  # (out, in)
-        if need[3] and grad_b is None:
-            grad_b = grad_out.sum(0)
+        grad_x, grad_a, grad_w, grad_b = base_gradients(need, grad_out, x, weight, grad_a, grad_b,
+                                                        ctx.has_adapter_input)
         return grad_x, grad_a, grad_w, grad_b, grad_A, grad_B, grad_db, None, None, None
 
 

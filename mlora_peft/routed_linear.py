@@ -166,7 +166,7 @@ class _RoutedLinear(torch.autograd.Function):
         segments, num_domains = ctx.segments, ctx.num_domains
         need = ctx.needs_input_grad  # x, adapter_input, weight, bias, A, B, domain_bias, ...
         need_grad_a = need[1] or (need[0] and not ctx.has_adapter_input)
-        grad_x = grad_a = grad_w = grad_b = grad_A = grad_B = grad_db = None
+        grad_a = grad_b = grad_A = grad_B = grad_db = None
         g_blk = _to_slots(grad_out, segments)  # (nb, M, out)
         if need[4] or need_grad_a:
             grad_codes_t = _scale(_bmm(B_blk.transpose(1, 2), g_blk.transpose(1, 2)), ctx.scaling)  # (nb, r, M)
@@ -182,17 +182,31 @@ class _RoutedLinear(torch.autograd.Function):
             grad_db = _sum_blocks(block_sums, segments, num_domains).squeeze(1)  # (D, out)
             if need[3]:  # the base bias gradient is the sum of the domains' (one pass over grad_out saved)
                 grad_b = grad_db.sum(0)  # (out,)
-        if need[0] and weight is None:  # no base product: x reaches the output only as the adapter input
-            grad_x, grad_a = (None, grad_a) if ctx.has_adapter_input else (grad_a, None)
-        elif need[0] and ctx.has_adapter_input:
-            grad_x = grad_out @ weight  # (N, in)
-        elif need[0]:
-            grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
-        if need[2]:
-            grad_w = grad_out.t() @ x  # (out, in)
-        if need[3] and grad_b is None:
-            grad_b = grad_out.sum(0)
+        grad_x, grad_a, grad_w, grad_b = base_gradients(need, grad_out, x, weight, grad_a, grad_b,
+                                                        ctx.has_adapter_input)
         return grad_x, grad_a, grad_w, grad_b, grad_A, grad_B, grad_db, None, None
+
+
+def base_gradients(need: tuple, grad_out: Tensor, x: Tensor, weight: Optional[Tensor], grad_a: Optional[Tensor],
+                   grad_b: Optional[Tensor], has_adapter_input: bool) -> tuple:
+    """The gradients of `x`, the adapter input, `W` and `b`, given the adapter input's gradient `grad_a`.
+
+    `need` is `ctx.needs_input_grad` in the order (x, adapter_input, weight, bias, ...). Without a
+    separate adapter input, x's gradient is the adapter term's plus `grad_out @ W`, accumulated
+    into `grad_a` (one fewer pass over an `(N, in)` buffer).
+    """
+    grad_x = grad_w = None
+    if need[0] and weight is None:  # no base product: x reaches the output only as the adapter input
+        grad_x, grad_a = (None, grad_a) if has_adapter_input else (grad_a, None)
+    elif need[0] and has_adapter_input:
+        grad_x = grad_out @ weight  # (N, in)
+    elif need[0]:
+        grad_x, grad_a = grad_a.addmm_(grad_out, weight), None  # the big product accumulates into grad_a
+    if need[2]:
+        grad_w = grad_out.t() @ x  # (out, in)
+    if need[3] and grad_b is None:
+        grad_b = grad_out.sum(0)
+    return grad_x, grad_a, grad_w, grad_b
 
 
 def _bmm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from mlora_peft.masked_linear import masked_linear
 from mlora_peft.routed_linear import group_by_domain, routed_linear
+from mlora_peft.routing import Routing
 from tests.reference import low_rank_reference, mlora_linear_reference
 
 CASES = [  # (rows, in, out, rank, domains, ids pattern)
@@ -112,3 +114,21 @@ def test_grouping_is_stable_and_flags_single_domain():
     assert segments.order.tolist() == [1, 4, 3, 0, 2]
     assert segments.offsets.tolist() == [2, 3, 5, 5]
     assert group_by_domain(torch.tensor([3, 3, 3]), 4).single_domain == 3
+
+
+@pytest.mark.parametrize("base", ["weight and bias", "bias only", "neither"])
+@pytest.mark.parametrize("separate_adapter_input", [False, True])
+@pytest.mark.parametrize("domain_bias", [True, False])
+def test_masked_path_gradcheck_passes(base, separate_adapter_input, domain_bias):
+    params, ids = _inputs(11, 3, 2, 2, 3, "mixed")
+    weight = params["weight"] if base == "weight and bias" else None
+    bias = None if base == "neither" else params["bias"]
+    db = params["domain_bias"] if domain_bias else None
+    off_domain = Routing(ids, 3, None).off_domain(3)
+    a = torch.randn_like(params["x"]).requires_grad_(True) if separate_adapter_input else None
+
+    def fn(x, weight, bias, A, B, db, a):
+        return masked_linear(x, weight, bias, A, B, db, ids, off_domain, 0.7, adapter_input=a)
+
+    inputs = (params["x"], weight, bias, params["lora_A"], params["lora_B"], db, a)
+    assert torch.autograd.gradcheck(fn, inputs)
