@@ -5,10 +5,14 @@ Layout of a save (PEFT's own files at the root, so `PeftModel.from_pretrained` r
     adapter_config.json           every domain (num_domains=D, domain_names)
     adapter_model.safetensors     every domain's stacks, (D, r, in), (D, out, r), (D, out)
     domains/<name>/adapter_config.json         num_domains=1, domain_names=[name]
-    domains/<name>/adapter_model.safetensors   that domain's slices, (1, r, in), ...
+    domains/<name>/adapter_model.safetensors   that domain's slices, (1, r, in), ... (never the shared base)
+    domains/<name>/embeddings.safetensors      an onboarded domain's new embedding rows (see `growth`)
+    domains/<name>/encoder_additions.json      ... and the encoder values they belong to
     <file>.json                   extra JSON files: feature spec, encoders
     README.md                     model card
 
+A jointly trained base (`train_base=True`) is stored once, in the root weights; a domain folder
+holds only its own slices, so one domain is KBs and `load_domains` reads the base from the root.
 Unnamed domains are saved as `domain_<i>`. These are functions, not `PeftModel` methods: PEFT
 resolves `peft_model.save_pretrained` to its own method, which writes the root files only;
 `load_domains` reads such a save (no `domains/` folder) by slicing the root stacks.
@@ -30,11 +34,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
+import torch
 from torch import Tensor, nn
 
 from .atomic import check_replaceable, extra_json_files, write_atomically
 from .checkpoint import KEY_PREFIX, check_fits, combine_domains, read_config, read_weights
 from .config import MultiDomainLoraConfig
+from .growth import DomainAdditions, append_rows, compose
 from .model import _is_adapter_key
 from .model_card import model_card
 
@@ -93,6 +99,8 @@ def save_pretrained(
     json_files: Optional[Mapping[str, Any]] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
     repo_id: Optional[str] = None,
+    domains: Optional[Sequence[str]] = None,
+    additions: Optional[Mapping[str, DomainAdditions]] = None,
 ) -> Path:
     """Save the adapter with one folder per domain, atomically: a failed save leaves the previous one intact.
 
@@ -109,6 +117,10 @@ def save_pretrained(
             list, or an object with `to_json()` (returning text) or `to_dict()`.
         eval_report: per-domain test metrics for the model card (`mlora_peft.metrics.domain_report`).
         repo_id: the Hub repository named in the model card's loading snippet.
+        domains: write only these domains' folders into the existing save at `save_directory` (each swapped
+            in atomically); the root files and other folders are not touched. None writes everything.
+        additions: domain name -> its `DomainAdditions` (an onboarded domain's embedding rows and encoder
+            values), written into its folder.
 
     Returns:
         The saved folder.
@@ -128,9 +140,11 @@ def save_pretrained(
     """
     config = _config_of(model, adapter_name)
     folders = domain_folders(config)
-    texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
     tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
     labels = domain_labels(config)
+    if domains is not None:
+        return _save_domains(Path(save_directory), config, tensors, domains, additions or {})
+    texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
     card = model_card(config, dict(zip(labels, folders)), type(model.get_base_model()).__name__, repo_id, eval_report,
                       sorted(texts), _layer_widths(tensors))
     target = Path(save_directory)
@@ -139,8 +153,7 @@ def save_pretrained(
     def write(folder: Path) -> None:
         _write_adapter(folder, config, tensors)
         for index, (label, name) in enumerate(zip(labels, folders)):
-            one = dataclasses.replace(config, num_domains=1, domain_names=[label])
-            _write_adapter(folder / DOMAINS_DIR / name, one, _domain_slices(tensors, index))
+            _write_domain(folder / DOMAINS_DIR / name, config, tensors, index, (additions or {}).get(label))
         for name, text in texts.items():
             (folder / f"{name}.json").write_text(text, encoding="utf-8")
         rewritten = {CONFIG_NAME, *(f"{name}.json" for name in texts)}
@@ -164,6 +177,7 @@ def push_to_hub(
     adapter_name: str = "default",
     json_files: Optional[Mapping[str, Any]] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
+    additions: Optional[Mapping[str, DomainAdditions]] = None,
 ) -> CommitInfo:
     """Upload the whole layout, or only the named domains' folders, in one commit.
 
@@ -175,7 +189,7 @@ def push_to_hub(
         revision: the branch to commit to (created from the default branch when missing).
         commit_message: the commit message.
         api: the `HfApi` client to use (endpoint, token); a default `HfApi()` when None.
-        adapter_name, json_files, eval_report: as in `save_pretrained`.
+        adapter_name, json_files, eval_report, additions: as in `save_pretrained`.
 
     Returns:
         The `CommitInfo` of the commit.
@@ -192,7 +206,7 @@ def push_to_hub(
     api = api or HfApi()
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_pretrained(model, Path(scratch) / "save", adapter_name=adapter_name, json_files=json_files,
-                                 eval_report=eval_report, repo_id=repo_id)
+                                 eval_report=eval_report, repo_id=repo_id, additions=additions)
         roots = [folder / DOMAINS_DIR / domain_folder(n) for n in domains] if domains is not None else [folder]
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
@@ -259,6 +273,10 @@ def load_domains(
         parts = [_domain_folder(folder, name, repo_id_or_path, revision, api) for name in names]
         configs = [_named_config(part, name) for part, name in zip(parts, names)]
         config, tensors = combine_domains(configs, [read_weights(p / WEIGHTS_NAME) for p in parts], names)
+        if config.train_base and all(_is_adapter_key(k) for k in tensors):  # the shared base is stored once, at the root
+            root = _fetch(repo_id_or_path, [], revision, api, cache_dir)
+            tensors.update({k: v for k, v in read_weights(root / WEIGHTS_NAME).items() if not _is_adapter_key(k)})
+        _grow_base(base_model, tensors, [DomainAdditions.read(p) for p in parts])
     if merge and config.num_domains != 1:
         raise ValueError(f"merge=True folds one domain, but the adapter has {config.num_domains}; pass domains=[name].")
     check_fits(base_model, config, tensors)
@@ -312,6 +330,43 @@ def load_json_text(
     return text
 
 
+def load_encoder(
+    repo_id_or_path: Union[str, Path],
+    domains: Sequence[str] = (),
+    *,
+    revision: Optional[str] = None,
+    api: Optional[HfApi] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Any:
+    """The saved `data_encoder.json` grown with the encoder values of onboarded `domains`, in the order given.
+
+    Load the same `domains` with `load_domains` (after the base's own domains): ids then agree with
+    the embedding rows it appended. Domains trained with the base add nothing.
+
+    Args:
+        repo_id_or_path: a local save folder or a Hub repository id.
+        domains: onboarded domains whose `encoder_additions.json` to apply.
+        revision, api, cache_dir: as in `load_domains`.
+
+    Returns:
+        A `MultiDomainEncoder`.
+
+    Example:
+        >>> encoder = mlora_peft.load_encoder("team/ctr-mlora", domains=["Office_Products"])  # doctest: +SKIP
+    """
+    from .data import MultiDomainEncoder  # the data package imports datasets: only when asked
+
+    encoder = MultiDomainEncoder.from_json(load_json_text(repo_id_or_path, "data_encoder", revision=revision, api=api,
+                                                          cache_dir=cache_dir))
+    names = _requested(domains, merge=False) if domains else []
+    folder = _fetch(repo_id_or_path, names, revision, api, cache_dir) if names else None
+    for name in names:
+        additions = DomainAdditions.read(_domain_folder(folder, name, repo_id_or_path, revision, api))
+        if additions is not None:
+            encoder = encoder.with_additions(additions.encoder)
+    return encoder
+
+
 # ---------------------------------------------------------------------------------- writing
 def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
     if not isinstance(model, PeftModel):
@@ -324,8 +379,43 @@ def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
 
 
 def _domain_slices(tensors: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
-    """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (trained base weights) as they are."""
-    return {k: v[index:index + 1] if _is_adapter_key(k) else v for k, v in tensors.items()}
+    """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (a trained base) stay at the root only."""
+    return {k: v[index:index + 1] for k, v in tensors.items() if _is_adapter_key(k)}
+
+
+def _write_domain(folder: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor], index: int,
+                  additions: Optional[DomainAdditions]) -> None:
+    one = dataclasses.replace(config, num_domains=1, domain_names=[domain_labels(config)[index]])
+    _write_adapter(folder, one, _domain_slices(tensors, index))
+    if additions is not None:
+        additions.write(folder)
+
+
+def _save_domains(target: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor], domains: Sequence[str],
+                  additions: Mapping[str, DomainAdditions]) -> Path:
+    """Write only the named domains' folders into the existing save `target`, each swapped in atomically."""
+    labels = domain_labels(config)
+    _check_known(domains, labels)
+    if not (target / CONFIG_NAME).is_file():
+        raise ValueError(f"save_pretrained(domains=...) adds domain folders to an existing save, but {target} holds "
+                         f"no {CONFIG_NAME}; save the whole adapter first (domains=None), or copy the base save there.")
+    for name in domains:
+        index = labels.index(name)
+        write_atomically(target / DOMAINS_DIR / domain_folder(name),
+                         lambda folder: _write_domain(folder, config, tensors, index, additions.get(name)))
+    return target
+
+
+def _grow_base(base_model: nn.Module, tensors: dict[str, Tensor], parts: list[Optional[DomainAdditions]]) -> None:
+    """Append the onboarded domains' embedding rows to `base_model` (and to the saved shared tables, if any)."""
+    found = [p for p in parts if p is not None]
+    if not found:
+        return
+    _, rows = compose(found)
+    append_rows(base_model, rows)
+    for key, extra in rows.items():
+        if key in tensors:
+            tensors[key] = torch.cat([tensors[key], extra])  # (V, E) -> (V + n, E)
 
 
 def _layer_widths(tensors: Mapping[str, Tensor]) -> dict[str, int]:
@@ -396,6 +486,8 @@ def _fetch(source: Union[str, Path], names: Optional[list[str]], revision: Optio
         raise ValueError(f"{source} is not a saved adapter folder; pass the folder save_pretrained wrote, "
                          "or a Hub repo id.")
     patterns = [f"{DOMAINS_DIR}/{domain_folder(n)}/*" for n in names] if names else [CONFIG_NAME, WEIGHTS_NAME]
+    if names == []:  # the root weights only
+        patterns = [WEIGHTS_NAME]
     api = api or HfApi()
     return Path(api.snapshot_download(str(source), revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
 

@@ -86,6 +86,9 @@ class DataConfig:
     sparse: Optional[list[str]] = _field(None, "table: categorical columns (None: inferred).")
     dense: Optional[list[str]] = _field(None, "table: numeric columns (None: inferred).")
     categories: Optional[list[str]] = _field(None, "amazon: categories to load (None: all).")
+    user_fraction: float = _field(1.0, (
+        "amazon: keep a seeded random share of the users (each user kept or dropped in every category alike)."),
+        Range(0, 1, low_open=True))
     side_features: bool = _field(False, (
         "movielens: add the user's gender, age, occupation and zip and the item's first genre as features "
         "(the domain's own column left out); other sources refuse it (list columns in data.sparse instead)."))
@@ -263,6 +266,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.side_features and cfg.data.source != "movielens":
         raise ValueError(f"data.side_features=true needs data.source=movielens, not {cfg.data.source!r}; set "
                          "data.side_features=false (for a table, list the extra columns in data.sparse).")
+    if cfg.data.user_fraction != 1.0 and cfg.data.source != "amazon":
+        raise ValueError(f"data.user_fraction={cfg.data.user_fraction:g} needs data.source=amazon, not "
+                         f"{cfg.data.source!r}; set data.user_fraction=1.")
     if cfg.mlora.r is None and cfg.mlora.rank_divisor is None:
         raise ValueError("mlora.r and mlora.rank_divisor are both null; set one, e.g. mlora.rank_divisor=64.")
     return cfg
