@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import yaml
@@ -225,6 +226,19 @@ def load_config(path: Union[str, Path], overrides: list[str] = ()) -> TrainConfi
     values = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} holds a YAML {type(values).__name__}, not a mapping of config keys.")
+    return from_dict(apply_overrides(values, overrides))
+
+
+def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
+    """`values` (nested plain config values, changed in place) with dotted `key=value` overrides; returns it.
+
+    Raises:
+        ValueError: an override that is not key=value, or one that sets a key under a value that is no section.
+
+    Example:
+        >>> apply_overrides({"train": {"lr": 0.1}}, ["train.lr=3e-4", "model.name=wdl"])
+        {'train': {'lr': '3e-4'}, 'model': {'name': 'wdl'}}
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -238,7 +252,7 @@ def load_config(path: Union[str, Path], overrides: list[str] = ()) -> TrainConfi
                                  "be set; fix the config file.")
             node = child
         node[leaf] = raw if _is_text_field(parents, leaf, raw) else yaml.safe_load(raw)
-    return from_dict(values)
+    return values
 
 
 def from_dict(values: dict) -> TrainConfig:
