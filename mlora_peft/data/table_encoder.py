@@ -142,7 +142,7 @@ class MultiDomainEncoder:
         table = None if rows is None else as_table(rows)
 
         def added(old: tuple, new: tuple, column: ArrowColumn = None, kind: str = "str") -> list:
-            extra = [v for v in new if v not in set(old)]
+            extra = list(new[len(old):])  # a growth appends: the first len(old) values are the base's
             if column is None:
                 return extra
             present = set(normalise_ids(column, "values", kind).to_pylist())
@@ -165,12 +165,11 @@ class MultiDomainEncoder:
             raise ValueError(f"Encoder additions for columns {sorted(additions.get('sparse', {}))} do not fit this "
                              f"encoder (columns {[e.name for e in self.sparse]}); load them onto the encoder of the "
                              "model they were trained with.")
-        new = [(v, n) for v, n in zip(additions["domain"]["values"], additions["domain"]["names"])
-               if v not in set(self.domain.values)]
+        known = set(self.domain.values)
+        new = [(v, n) for v, n in zip(additions["domain"]["values"], additions["domain"]["names"]) if v not in known]
         domain = dataclasses.replace(self.domain, values=self.domain.values + tuple(v for v, _ in new),
                                      names=self.domain.names + tuple(n for _, n in new))
-        sparse = tuple(dataclasses.replace(e, values=e.values + tuple(v for v in additions["sparse"][e.name]
-                                                                      if v not in set(e.values)))
+        sparse = tuple(dataclasses.replace(e, values=e.values + _unseen(additions["sparse"][e.name], e.values))
                        for e in self.sparse)
         return dataclasses.replace(self, domain=domain, sparse=sparse)
 
@@ -273,6 +272,12 @@ class MultiDomainEncoder:
         if not path.is_file():
             raise FileNotFoundError(f"No {ENCODER_FILE} at {path}; save one with MultiDomainEncoder.save(directory).")
         return cls.from_json(path.read_text())
+
+
+def _unseen(values: list, known: tuple) -> tuple:
+    """`values` not in `known`, in order."""
+    seen = set(known)
+    return tuple(v for v in values if v not in seen)
 
 
 def _dense_array(values: np.ndarray) -> pa.Array:
