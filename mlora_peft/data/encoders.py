@@ -253,7 +253,8 @@ class DomainEncoder:
             raise ValueError(
                 f"Domain column {self.column!r} holds domains unseen in training: {listed}. Known domains: "
                 f"{list(self.names)}. Map these rows to a known domain, drop them, or onboard the new "
-                "domain: encoder.grow(new_train_rows) keeps every old id (recipes/add_domain.py does it all)."
+                "domain: encoder.grow(new_train_rows) keeps every old id and model.add_domains adds its adapter "
+                "(recipes/add_domain.py does both, and grows the embedding tables)."
             )
         return position.cast(pa.int64()).to_numpy(zero_copy_only=False)
 
