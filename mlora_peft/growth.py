@@ -46,7 +46,8 @@ def feature_tables(model: nn.Module, feature: str) -> dict[str, nn.Embedding]:
 
 
 @torch.no_grad()
-def grow_embeddings(model: nn.Module, vocab_sizes: Mapping[str, int], skip_rows: Mapping[str, int] = {}) -> dict[str, int]:  # noqa: B006
+def grow_embeddings(model: nn.Module, vocab_sizes: Mapping[str, int],
+                    skip_rows: Optional[Mapping[str, int]] = None) -> dict[str, int]:
     """Append rows to the tables of each feature up to `vocab_sizes[feature]`, in place; old rows stay as they are.
 
     New rows start at the mean of the trained rows (rows from `skip_rows[feature]` on, default 1:
@@ -79,7 +80,7 @@ def grow_embeddings(model: nn.Module, vocab_sizes: Mapping[str, int], skip_rows:
             if size < table.num_embeddings:
                 raise ValueError(f"{name} has {table.num_embeddings} rows; it cannot shrink to {size}.")
             old_sizes[name] = table.num_embeddings
-            start = min(skip_rows.get(feature, 1), table.num_embeddings - 1)
+            start = min((skip_rows or {}).get(feature, 1), table.num_embeddings - 1)
             mean = table.weight[start:].mean(0, keepdim=True)  # (1, E)
             grown = torch.cat([table.weight, mean.expand(size - table.num_embeddings, -1)])  # (size, E)
             table.weight = nn.Parameter(grown, requires_grad=table.weight.requires_grad)
@@ -155,7 +156,9 @@ class DomainAdditions:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not valid JSON ({error}); download or save the domain again.") from None
-        features = document.pop("tables")
+        features = document.pop("tables", None)
+        if not isinstance(features, dict):
+            raise ValueError(f"{path} lists no tables; it was not written by this library. Save the domain again.")
         additions = cls(document, read_weights(folder / EMBEDDINGS_FILE), features)
         for key, feature in features.items():
             if key not in additions.rows or len(additions.rows[key]) != len(additions.values(feature)):
@@ -242,10 +245,8 @@ def append_rows(model: nn.Module, rows: Mapping[str, Tensor], key_prefix: str = 
 
 
 def _saved_key(module_name: str, key_prefix: str) -> str:
-    for wrapper in ("base_model.model.",):
-        if module_name.startswith(wrapper):
-            module_name = module_name[len(wrapper):]
-    return f"{key_prefix}{module_name}.weight"
+    """`base_model.model.embedding.tables.user` (in a `PeftModel`) or `embedding.tables.user` -> the saved weight key."""
+    return f"{key_prefix}{module_name.removeprefix('base_model.model.')}.weight"
 
 
 def _rows_agree(part: DomainAdditions, key: str, feature: str, shared: list[int], parts: Sequence[DomainAdditions]) -> bool:

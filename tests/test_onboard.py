@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 import mlora_peft
@@ -19,6 +20,9 @@ from mlora_peft.growth import DomainAdditions
 from tests.test_recipe import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+# A recipe run as a subprocess imports the same mlora_peft as this test (not another installed copy).
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mlora_peft.__file__).parents[1]),
+                                                    os.environ.get("PYTHONPATH", "")])}
 
 
 def _table(domains, seed=0, rows=1500, users=60, items=40):
@@ -41,9 +45,10 @@ def trained_run(tmp_path_factory):
     new = _table(["nl"], seed=1, users=90)  # users u60..u89 are unseen, every item is new
     new.to_csv(folder / "nl.csv", index=False)
     run = folder / "run"
-    training.train(training.load_config(TINY, [
-        f"output_dir={run}", f"data.source={folder / 'old.csv'}", "data.label=click", "data.domain=shop",
-        "data.sparse=[user, item]", "data.dense=[]", "train.max_epochs=2"]), run)
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(TINY), f"output_dir={run}",
+                    f"data.source={folder / 'old.csv'}", "data.label=click", "data.domain=shop",
+                    "data.sparse=[user, item]", "data.dense=[]", "train.max_epochs=2"],
+                   check=True, capture_output=True, env=ENV)
     return folder, run
 
 
@@ -56,7 +61,7 @@ def _old_rows(run: Path, encoder: MultiDomainEncoder) -> dict:
     return encoder.encode(raw)
 
 
-def test_a_run_folder_alone_rebuilds_the_trained_model(trained_run):
+def test_a_recipe_trained_run_folder_alone_rebuilds_the_model(trained_run):
     folder, run = trained_run
     spec = json.loads((run / "adapter" / "feature_spec.json").read_text())
     assert [f["name"] for f in spec] == ["user", "item", "domain_id"]  # every feature the model embeds
@@ -122,13 +127,36 @@ def test_onboarding_refuses_a_known_domain_and_a_source_without_domains(trained_
         training.onboard(run, tmp_path / "synthetic", ["data.source=synthetic"])
 
 
+def test_ids_past_a_table_name_the_fix(trained_run):
+    """Issue 20: domain_id=3 on a three-domain backbone was a bare IndexError."""
+    cfg, model, encoder = training.rebuild_model(trained_run[1])
+    spec = mlora_peft.features.features_from_json((trained_run[1] / "adapter" / "feature_spec.json").read_text())
+    backbone = training.build_backbone(cfg, spec, num_domains=3)
+    batch = encoder.encode(pd.DataFrame({"user": ["u1"], "item": ["de-1"], "shop": ["de"]}))
+    with pytest.raises(ValueError, match=r"'domain_id' has ids up to 3, but its table has 3 rows.*recipes/add_domain.py"):
+        backbone({**batch, "domain_id": torch.tensor([3])})
+
+
 @pytest.mark.slow
-def test_add_domain_recipe_runs_from_the_command_line(trained_run, tmp_path):
+def test_add_domain_recipe_pushes_only_the_new_folder(trained_run, tmp_path):
+    """The command line on a loopback Hub: one commit adds domains/nl/ and nothing else, with no base weight."""
+    from tests.hub_server import HubServer
+
     folder, run = trained_run
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "add_domain.py"), f"from={run}",
-                           f"output_dir={tmp_path / 'out'}", f"data.source={folder / 'nl.csv'}", "train.max_epochs=2"],
-                          capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    _, model, _ = training.rebuild_model(run)
+    with HubServer() as hub:
+        env = {**ENV, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_loopback_test_token", "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+        api = HfApi(endpoint=hub.url, token="hf_loopback_test_token")
+        mlora_peft.push_to_hub(model, "team/ctr", api=api)
+        done = subprocess.run([sys.executable, str(ROOT / "recipes" / "add_domain.py"), f"from={run}",
+                               f"output_dir={tmp_path / 'out'}", f"data.source={folder / 'nl.csv'}",
+                               "train.max_epochs=2", "hub.push_to_hub=team/ctr"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        creation, first, launch = hub.repos["team/ctr"].commits.values()
     assert "Test AUC of the new domain" in done.stdout
     assert json.loads((tmp_path / "out" / "results.json").read_text())["per_domain"]["nl"]["auc"] is not None
+    assert sorted(p for p in launch if first.get(p) != launch[p]) == [
+        f"domains/nl/{name}" for name in ("adapter_config.json", "adapter_model.safetensors", "embeddings.safetensors",
+                                          "encoder_additions.json")]

@@ -24,7 +24,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,10 +95,14 @@ def onboard(run_dir: Union[str, Path], output_dir: Union[str, Path], overrides: 
     train_rows_from(model, old_sizes, freeze)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)  # no decay
     names = list(grown.domain_names)
-    loaders = {s: data.loader(s, batch_size=cfg.train.batch_size, seed=cfg.train.seed) for s in data.splits}
-    model, optimizer = accelerator.prepare(model, optimizer)
+    per_process = max(cfg.train.batch_size // accelerator.num_processes, 1)
+    loaders = {s: data.loader(s, batch_size=per_process, seed=cfg.train.seed, num_processes=accelerator.num_processes)
+               for s in ("train", "validation", "test")}
+    epoch_order = loaders["train"].batch_sampler  # the shuffle is fixed by (seed, epoch)
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
+    loaders = dict(zip(loaders, prepared))
     shared = evaluate(model, loaders["test"], accelerator, names)  # before training: no adapter for the new domain
-    fit_new_domains(model, optimizer, loaders, names, cfg, accelerator)
+    fit_new_domains(model, optimizer, loaders, epoch_order, names, cfg, accelerator)
     freeze.remove()
     report = evaluate(model, loaders["test"], accelerator, names)
     unwrapped = accelerator.unwrap_model(model)
@@ -190,8 +194,8 @@ def grow_model(model: nn.Module, encoder: MultiDomainEncoder, embed_domain: bool
     return grow_embeddings(model, sizes, skip_rows={DOMAIN_COLUMN: 0})
 
 
-def fit_new_domains(model: nn.Module, optimizer: torch.optim.Optimizer, loaders: dict, domain_names: list[str],
-                    cfg: TrainConfig, accelerator) -> TrainingState:
+def fit_new_domains(model: nn.Module, optimizer: torch.optim.Optimizer, loaders: dict, epoch_order,
+                    domain_names: list[str], cfg: TrainConfig, accelerator) -> TrainingState:
     """Train with early stopping on validation (`train.early_stopping_metric` over the new domains); keeps the best epoch."""
     state, loss_fn = TrainingState(), nn.BCEWithLogitsLoss()
     best = None
@@ -200,7 +204,7 @@ def fit_new_domains(model: nn.Module, optimizer: torch.optim.Optimizer, loaders:
         for module in model.modules():  # frozen statistics: a batch norm would move the other domains
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-        loaders["train"].batch_sampler.set_epoch(state.epoch)  # the shuffle of each epoch, as in training
+        epoch_order.set_epoch(state.epoch)  # the shuffle of each epoch, as in training
         for batch in loaders["train"]:
             loss = loss_fn(logits_of(model(batch)), batch[LABEL_COLUMN])
             accelerator.backward(loss)
