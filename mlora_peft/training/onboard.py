@@ -38,7 +38,7 @@ from ..data import raw_splits as split_raw
 from ..data.splits import DEFAULT_FRACTIONS
 from ..data.table_encoder import DOMAIN_COLUMN, LABEL_COLUMN
 from ..evaluation import evaluate, logits_of
-from ..growth import DomainAdditions, domain_additions, grow_embeddings, train_rows_from
+from ..growth import domain_additions, grow_embeddings, train_rows_from
 from ..hub import push_to_hub, save_pretrained
 from .build import make_accelerator
 from .checkpoint import TrainingState, write_json_atomic
