@@ -94,6 +94,8 @@ def test_onboarding_trains_only_what_is_new_and_ships_only_it(trained_run, tmp_p
     assert {k: v for k, v in copied.items() if not k.startswith("domains/nl/")} == files
     _, after, grown = training.rebuild_model(out)
     assert grown.domain_names == ("de", "fr", "it", "nl")
+    with pytest.raises(ValueError, match=r"holds domains onboarded by recipes/add_domain.py"):
+        training.load_run(out)  # its config.yaml describes the new data only
     with torch.no_grad():
         torch.testing.assert_close(after.eval()(old), expected, rtol=0, atol=0)
     # the new folder: its slices, its rows and encoder values, no base weight

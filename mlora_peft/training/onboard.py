@@ -40,7 +40,7 @@ from ..data.table_encoder import DOMAIN_COLUMN, LABEL_COLUMN
 from ..evaluation import evaluate, logits_of
 from ..growth import domain_additions, grow_embeddings, train_rows_from
 from ..hub import push_to_hub, save_pretrained
-from .build import make_accelerator
+from .build import EmbeddingL2, make_accelerator
 from .checkpoint import TrainingState, write_json_atomic
 from .config import TrainConfig, apply_overrides, from_dict
 from .loop import end_epoch, train
@@ -72,8 +72,11 @@ def onboard(run_dir: Union[str, Path], output_dir: Union[str, Path], overrides: 
     started = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(output_dir)
     base_cfg, model, encoder = rebuild_model(run_dir, is_trainable=True)
+    if base_cfg.mlora.mode == "none":
+        raise ValueError(f"{run_dir} holds a plain model (mlora.mode=none): it has no adapter to add a domain to. "
+                         "Onboard onto an MLoRA run (mlora.mode=joint or two_stage).")
     cfg = onboard_config(base_cfg, out_dir, overrides)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision)
     prepare_output_dir(accelerator, out_dir, resume=False, overwrite=cfg.overwrite)
     torch.manual_seed(cfg.train.seed)
     if accelerator.is_main_process:
@@ -196,8 +199,13 @@ def grow_model(model: nn.Module, encoder: MultiDomainEncoder, embed_domain: bool
 
 def fit_new_domains(model: nn.Module, optimizer: torch.optim.Optimizer, loaders: dict, epoch_order,
                     domain_names: list[str], cfg: TrainConfig, accelerator) -> TrainingState:
-    """Train with early stopping on validation (`train.early_stopping_metric` over the new domains); keeps the best epoch."""
+    """Train with early stopping on validation (`train.early_stopping_metric` over the new domains); keeps the best epoch.
+
+    A constant learning rate (`train.lr`; the run's schedule is not replayed) and Adam without
+    weight decay, with `train.embedding_l2` when set; batch norms keep their statistics.
+    """
     state, loss_fn = TrainingState(), nn.BCEWithLogitsLoss()
+    penalty = EmbeddingL2(model, cfg.train.embedding_l2) if cfg.train.embedding_l2 else None  # old rows: masked
     best = None
     while state.epoch < cfg.train.max_epochs and state.waited < cfg.train.patience:
         model.train()
@@ -207,6 +215,8 @@ def fit_new_domains(model: nn.Module, optimizer: torch.optim.Optimizer, loaders:
         epoch_order.set_epoch(state.epoch)  # the shuffle of each epoch, as in training
         for batch in loaders["train"]:
             loss = loss_fn(logits_of(model(batch)), batch[LABEL_COLUMN])
+            if penalty is not None:
+                loss = loss + penalty.pop(len(batch[LABEL_COLUMN]))
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()

@@ -90,9 +90,14 @@ def load_run(run_dir: Union[str, Path]) -> tuple[TrainConfig, nn.Module, MultiDo
 
     Raises:
         FileNotFoundError: no `config.yaml`, or the run saved no encoder.
-        ValueError: the saved feature spec does not match, or a built-in source changed since training.
+        ValueError: the saved feature spec does not match, a built-in source changed since training, or the
+            folder holds onboarded domains (see `rebuild_model`).
     """
     cfg, model, encoder = rebuild_model(run_dir)
+    if cfg.mlora.mode != "none" and onboarded_domains(Path(run_dir) / "adapter"):
+        raise ValueError(f"{run_dir} holds domains onboarded by recipes/add_domain.py, whose data its config.yaml does "
+                         "not describe alone; read their test report in its results.json, evaluate the base run's "
+                         "domains on the base run's folder, or get the model with rebuild_model(run_dir).")
     data = load_data(cfg, encoder=encoder)
     spec = (run_dir if cfg.mlora.mode == "none" else Path(run_dir) / "adapter") / SPEC_FILE
     if spec.read_text() not in (features_to_json(data.feature_spec), features_to_json(model_features(cfg, data))):
