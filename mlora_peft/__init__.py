@@ -5,7 +5,7 @@ Importing the package registers the method with PEFT, so `peft.get_peft_model`,
 """
 
 from .config import MultiDomainLoraConfig
-from .hub import load_domains, load_json_text, push_to_hub, save_pretrained
+from .hub import load_domains, load_encoder, load_json_text, push_to_hub, save_pretrained
 from .layer import MultiDomainLoraLayer
 from .model import MultiDomainLoraModel
 from .registration import register
@@ -22,6 +22,7 @@ __all__ = [
     "checkpoint_context_fn",
     "domain_context",
     "load_domains",
+    "load_encoder",
     "load_json_text",
     "push_to_hub",
     "register",

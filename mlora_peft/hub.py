@@ -5,10 +5,14 @@ Layout of a save (PEFT's own files at the root, so `PeftModel.from_pretrained` r
     adapter_config.json           every domain (num_domains=D, domain_names)
     adapter_model.safetensors     every domain's stacks, (D, r, in), (D, out, r), (D, out)
     domains/<name>/adapter_config.json         num_domains=1, domain_names=[name]
-    domains/<name>/adapter_model.safetensors   that domain's slices, (1, r, in), ...
+    domains/<name>/adapter_model.safetensors   that domain's slices, (1, r, in), ... (never the shared base)
+    domains/<name>/embeddings.safetensors      an onboarded domain's new embedding rows (see `growth`)
+    domains/<name>/encoder_additions.json      ... and the encoder values they belong to
     <file>.json                   extra JSON files: feature spec, encoders
     README.md                     model card
 
+A jointly trained base (`train_base=True`) is stored once, in the root weights; a domain folder
+holds only its own slices, so one domain is KBs and `load_domains` reads the base from the root.
 Unnamed domains are saved as `domain_<i>`. These are functions, not `PeftModel` methods: PEFT
 resolves `peft_model.save_pretrained` to its own method, which writes the root files only;
 `load_domains` reads such a save (no `domains/` folder) by slicing the root stacks.
@@ -18,15 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError
+import torch
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
@@ -35,55 +38,28 @@ from torch import Tensor, nn
 from .atomic import check_replaceable, extra_json_files, write_atomically
 from .checkpoint import KEY_PREFIX, check_fits, combine_domains, read_config, read_weights
 from .config import MultiDomainLoraConfig
+from .growth import DomainAdditions, append_rows, compose
+from .hub_reading import (
+    _check_known,
+    _domain_folder,
+    _fetch,
+    _named_config,
+    _peft_layout,
+    _requested,
+    _slice_domains,
+)
+from .layout import (  # noqa: F401  (re-exported: the layout's names were first defined here)
+    CARD_NAME,
+    CONFIG_NAME,
+    DOMAINS_DIR,
+    WEIGHTS_NAME,
+    _SAFE_NAME,
+    domain_folder,
+    domain_folders,
+    domain_labels,
+)
 from .model import _is_adapter_key
 from .model_card import model_card
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-CARD_NAME = "README.md"
-DOMAINS_DIR = "domains"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def domain_labels(config: MultiDomainLoraConfig) -> list[str]:
-    """Each domain's name, or `domain_<i>` when the adapter has no names.
-
-    Example:
-        >>> domain_labels(MultiDomainLoraConfig(num_domains=2))
-        ['domain_0', 'domain_1']
-    """
-    return list(config.domain_names or [f"domain_{i}" for i in range(config.num_domains)])
-
-
-def domain_folder(name: str) -> str:
-    """The folder of domain `name` under `domains/`: the name, with every character other than a
-    letter, digit, `_`, `-` or `.` replaced by `_`, and a leading `d` when it would not start with a
-    letter or digit (the domain's real name stays in that folder's adapter_config.json).
-
-    Example:
-        >>> domain_folder("music"), domain_folder("K-12 student"), domain_folder("<18"), domain_folder("56+")
-        ('music', 'K-12_student', 'd_18', '56_')
-    """
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return slug if slug[:1].isalnum() else f"d{slug}"
-
-
-def domain_folders(config: MultiDomainLoraConfig) -> list[str]:
-    """The folder name of each domain under `domains/` (see `domain_folder`), refusing two that coincide.
-
-    Example:
-        >>> domain_folders(MultiDomainLoraConfig(domain_names=["<18", "18-24"]))
-        ['d_18', '18-24']
-    """
-    labels = domain_labels(config)
-    folders = [domain_folder(label) for label in labels]
-    clashes = sorted({f for f in folders if folders.count(f) > 1})
-    if clashes:
-        names = [label for label, folder in zip(labels, folders) if folder in clashes]
-        raise ValueError(f"Domains {names} would share the folder(s) {clashes} under domains/; rename one of them "
-                         "in the config's domain_names.")
-    return folders
-
 
 def save_pretrained(
     model: PeftModel,
@@ -93,6 +69,8 @@ def save_pretrained(
     json_files: Optional[Mapping[str, Any]] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
     repo_id: Optional[str] = None,
+    domains: Optional[Sequence[str]] = None,
+    additions: Optional[Mapping[str, DomainAdditions]] = None,
 ) -> Path:
     """Save the adapter with one folder per domain, atomically: a failed save leaves the previous one intact.
 
@@ -109,6 +87,10 @@ def save_pretrained(
             list, or an object with `to_json()` (returning text) or `to_dict()`.
         eval_report: per-domain test metrics for the model card (`mlora_peft.metrics.domain_report`).
         repo_id: the Hub repository named in the model card's loading snippet.
+        domains: write only these domains' folders into the existing save at `save_directory` (each swapped
+            in atomically); the root files and other folders are not touched. None writes everything.
+        additions: domain name -> its `DomainAdditions` (an onboarded domain's embedding rows and encoder
+            values), written into its folder.
 
     Returns:
         The saved folder.
@@ -128,9 +110,11 @@ def save_pretrained(
     """
     config = _config_of(model, adapter_name)
     folders = domain_folders(config)
-    texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
     tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
     labels = domain_labels(config)
+    if domains is not None:
+        return _save_domains(Path(save_directory), config, tensors, domains, additions or {})
+    texts = {name: _json_text(name, value) for name, value in (json_files or {}).items()}
     card = model_card(config, dict(zip(labels, folders)), type(model.get_base_model()).__name__, repo_id, eval_report,
                       sorted(texts), _layer_widths(tensors))
     target = Path(save_directory)
@@ -139,8 +123,7 @@ def save_pretrained(
     def write(folder: Path) -> None:
         _write_adapter(folder, config, tensors)
         for index, (label, name) in enumerate(zip(labels, folders)):
-            one = dataclasses.replace(config, num_domains=1, domain_names=[label])
-            _write_adapter(folder / DOMAINS_DIR / name, one, _domain_slices(tensors, index))
+            _write_domain(folder / DOMAINS_DIR / name, config, tensors, index, (additions or {}).get(label))
         for name, text in texts.items():
             (folder / f"{name}.json").write_text(text, encoding="utf-8")
         rewritten = {CONFIG_NAME, *(f"{name}.json" for name in texts)}
@@ -164,6 +147,7 @@ def push_to_hub(
     adapter_name: str = "default",
     json_files: Optional[Mapping[str, Any]] = None,
     eval_report: Optional[Mapping[str, Any]] = None,
+    additions: Optional[Mapping[str, DomainAdditions]] = None,
 ) -> CommitInfo:
     """Upload the whole layout, or only the named domains' folders, in one commit.
 
@@ -175,7 +159,7 @@ def push_to_hub(
         revision: the branch to commit to (created from the default branch when missing).
         commit_message: the commit message.
         api: the `HfApi` client to use (endpoint, token); a default `HfApi()` when None.
-        adapter_name, json_files, eval_report: as in `save_pretrained`.
+        adapter_name, json_files, eval_report, additions: as in `save_pretrained`.
 
     Returns:
         The `CommitInfo` of the commit.
@@ -192,7 +176,7 @@ def push_to_hub(
     api = api or HfApi()
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_pretrained(model, Path(scratch) / "save", adapter_name=adapter_name, json_files=json_files,
-                                 eval_report=eval_report, repo_id=repo_id)
+                                 eval_report=eval_report, repo_id=repo_id, additions=additions)
         roots = [folder / DOMAINS_DIR / domain_folder(n) for n in domains] if domains is not None else [folder]
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
@@ -259,6 +243,10 @@ def load_domains(
         parts = [_domain_folder(folder, name, repo_id_or_path, revision, api) for name in names]
         configs = [_named_config(part, name) for part, name in zip(parts, names)]
         config, tensors = combine_domains(configs, [read_weights(p / WEIGHTS_NAME) for p in parts], names)
+        if config.train_base and all(_is_adapter_key(k) for k in tensors):  # the shared base is stored once, at the root
+            root = _fetch(repo_id_or_path, [], revision, api, cache_dir)
+            tensors.update({k: v for k, v in read_weights(root / WEIGHTS_NAME).items() if not _is_adapter_key(k)})
+        _grow_base(base_model, tensors, [DomainAdditions.read(p) for p in parts])
     if merge and config.num_domains != 1:
         raise ValueError(f"merge=True folds one domain, but the adapter has {config.num_domains}; pass domains=[name].")
     check_fits(base_model, config, tensors)
@@ -312,6 +300,43 @@ def load_json_text(
     return text
 
 
+def load_encoder(
+    repo_id_or_path: Union[str, Path],
+    domains: Sequence[str] = (),
+    *,
+    revision: Optional[str] = None,
+    api: Optional[HfApi] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Any:
+    """The saved `data_encoder.json` grown with the encoder values of onboarded `domains`, in the order given.
+
+    Load the same `domains` with `load_domains` (after the base's own domains): ids then agree with
+    the embedding rows it appended. Domains trained with the base add nothing.
+
+    Args:
+        repo_id_or_path: a local save folder or a Hub repository id.
+        domains: onboarded domains whose `encoder_additions.json` to apply.
+        revision, api, cache_dir: as in `load_domains`.
+
+    Returns:
+        A `MultiDomainEncoder`.
+
+    Example:
+        >>> encoder = mlora_peft.load_encoder("team/ctr-mlora", domains=["Office_Products"])  # doctest: +SKIP
+    """
+    from .data import MultiDomainEncoder  # the data package imports datasets: only when asked
+
+    encoder = MultiDomainEncoder.from_json(load_json_text(repo_id_or_path, "data_encoder", revision=revision, api=api,
+                                                          cache_dir=cache_dir))
+    names = _requested(domains, merge=False) if domains else []
+    folder = _fetch(repo_id_or_path, names, revision, api, cache_dir) if names else None
+    for name in names:
+        additions = DomainAdditions.read(_domain_folder(folder, name, repo_id_or_path, revision, api))
+        if additions is not None:
+            encoder = encoder.with_additions(additions.encoder)
+    return encoder
+
+
 # ---------------------------------------------------------------------------------- writing
 def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
     if not isinstance(model, PeftModel):
@@ -324,8 +349,43 @@ def _config_of(model: PeftModel, adapter_name: str) -> MultiDomainLoraConfig:
 
 
 def _domain_slices(tensors: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
-    """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (trained base weights) as they are."""
-    return {k: v[index:index + 1] if _is_adapter_key(k) else v for k, v in tensors.items()}
+    """Domain `index`'s rows of every stack, `(1, ...)`; shared tensors (a trained base) stay at the root only."""
+    return {k: v[index:index + 1] for k, v in tensors.items() if _is_adapter_key(k)}
+
+
+def _write_domain(folder: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor], index: int,
+                  additions: Optional[DomainAdditions]) -> None:
+    one = dataclasses.replace(config, num_domains=1, domain_names=[domain_labels(config)[index]])
+    _write_adapter(folder, one, _domain_slices(tensors, index))
+    if additions is not None:
+        additions.write(folder)
+
+
+def _save_domains(target: Path, config: MultiDomainLoraConfig, tensors: Mapping[str, Tensor], domains: Sequence[str],
+                  additions: Mapping[str, DomainAdditions]) -> Path:
+    """Write only the named domains' folders into the existing save `target`, each swapped in atomically."""
+    labels = domain_labels(config)
+    _check_known(domains, labels)
+    if not (target / CONFIG_NAME).is_file():
+        raise ValueError(f"save_pretrained(domains=...) adds domain folders to an existing save, but {target} holds "
+                         f"no {CONFIG_NAME}; save the whole adapter first (domains=None), or copy the base save there.")
+    for name in domains:
+        index = labels.index(name)
+        write_atomically(target / DOMAINS_DIR / domain_folder(name),
+                         lambda folder: _write_domain(folder, config, tensors, index, additions.get(name)))
+    return target
+
+
+def _grow_base(base_model: nn.Module, tensors: dict[str, Tensor], parts: list[Optional[DomainAdditions]]) -> None:
+    """Append the onboarded domains' embedding rows to `base_model` (and to the saved shared tables, if any)."""
+    found = [p for p in parts if p is not None]
+    if not found:
+        return
+    _, rows = compose(found)
+    append_rows(base_model, rows)
+    for key, extra in rows.items():
+        if key in tensors:
+            tensors[key] = torch.cat([tensors[key], extra])  # (V, E) -> (V + n, E)
 
 
 def _layer_widths(tensors: Mapping[str, Tensor]) -> dict[str, int]:
@@ -369,113 +429,3 @@ def _check_safe_name(name: str, what: str) -> None:
                          "starting with a letter or digit.")
 
 
-# ---------------------------------------------------------------------------------- reading
-def _requested(domains: Optional[Sequence[str]], merge: bool) -> Optional[list[str]]:
-    if domains is None:
-        return None
-    if isinstance(domains, str):
-        raise TypeError(f"domains={domains!r} is a string; pass a list of names, e.g. domains=[{domains!r}].")
-    names = list(domains)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if not names or duplicates:
-        raise ValueError(f"domains={names!r}: give at least one name, each once.")
-    if merge and len(names) != 1:
-        raise ValueError(f"merge=True folds exactly one domain into the weights, got domains={names!r}.")
-    return names
-
-
-def _fetch(source: Union[str, Path], names: Optional[list[str]], revision: Optional[str],
-           api: Optional[HfApi], cache_dir: Optional[Union[str, Path]]) -> Path:
-    """The local folder holding the needed files, downloading only those from the Hub."""
-    local = Path(source)
-    if local.is_dir():
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repositories, but {source} is a local folder.")
-        return local
-    if local.exists() or local.is_absolute() or str(source).startswith((".", "~")):
-        raise ValueError(f"{source} is not a saved adapter folder; pass the folder save_pretrained wrote, "
-                         "or a Hub repo id.")
-    patterns = [f"{DOMAINS_DIR}/{domain_folder(n)}/*" for n in names] if names else [CONFIG_NAME, WEIGHTS_NAME]
-    api = api or HfApi()
-    return Path(api.snapshot_download(str(source), revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
-
-
-def _domain_folder(folder: Path, name: str, source: Union[str, Path], revision: Optional[str],
-                   api: Optional[HfApi]) -> Path:
-    path = folder / DOMAINS_DIR / domain_folder(name)
-    if (path / CONFIG_NAME).is_file():
-        return path
-    known = _known_domains(folder, source, revision, api)
-    listing = f"the saved domains are {known}" if known is not None else "the saved domains could not be listed"
-    raise ValueError(f"Domain {name!r} is not in {source} ({listing}). Check the name, or push that domain first.")
-
-
-def _named_config(part: Path, name: str) -> MultiDomainLoraConfig:
-    """The config of one domain folder, refusing a folder whose config names another domain (renamed or swapped)."""
-    config = read_config(part / CONFIG_NAME)
-    if config.domain_names is not None and config.domain_names != [name]:
-        raise ValueError(
-            f"{part / CONFIG_NAME} names domain(s) {config.domain_names}, not {name!r}: the folder "
-            f"{DOMAINS_DIR}/{part.name}/ was renamed or swapped with another. Give each folder back its own "
-            f"domain's files (the config's domain_names tells whose they are), or save the adapter again."
-        )
-    return config
-
-
-def _peft_layout(folder: Path, names: list[str], source: Union[str, Path], revision: Optional[str],
-                 api: Optional[HfApi]) -> bool:
-    """True for a save with no `domains/` folder at all (PEFT's own `save_pretrained`/`push_to_hub`)."""
-    if any((folder / DOMAINS_DIR / domain_folder(n) / CONFIG_NAME).is_file() for n in names):
-        return False
-    if Path(source).is_dir():
-        return not (folder / DOMAINS_DIR).is_dir()
-    if constants.is_offline_mode():
-        return False  # the repository cannot be listed; the usual "not in" error follows
-    try:
-        files = (api or HfApi()).list_repo_files(str(source), revision=revision)
-    except HfHubHTTPError:
-        return False
-    return CONFIG_NAME in files and not any(f.startswith(f"{DOMAINS_DIR}/") for f in files)
-
-
-def _slice_domains(config: MultiDomainLoraConfig, tensors: dict[str, Tensor], names: list[str],
-                   source: Union[str, Path]) -> tuple[MultiDomainLoraConfig, dict[str, Tensor]]:
-    """The named domains' rows of a full adapter's stacks, in the order asked; shared tensors as they are."""
-    labels = domain_labels(config)
-    unknown = [n for n in names if n not in labels]
-    if unknown:
-        raise ValueError(
-            f"Domains {unknown} are not in {source} (a save without {DOMAINS_DIR}/ folders, as PEFT's own "
-            f"save_pretrained writes; its adapter holds {labels}). Check the names."
-        )
-    rows = [labels.index(n) for n in names]
-    stacks = {k: v for k, v in tensors.items() if _is_adapter_key(k)}
-    wrong = sorted(k for k, v in stacks.items() if v.dim() == 0 or v.shape[0] != config.num_domains)
-    if wrong:
-        raise ValueError(
-            f"{source}: tensors {wrong[:3]} do not hold {config.num_domains} domains (the config's num_domains) "
-            "in their first dimension; the weights do not belong to this config. Save the adapter again."
-        )
-    sliced = {k: v[rows] if k in stacks else v for k, v in tensors.items()}  # (D, ...) -> (len(names), ...)
-    return dataclasses.replace(config, num_domains=len(names), domain_names=list(names)), sliced
-
-
-def _known_domains(folder: Path, source: Union[str, Path], revision: Optional[str],
-                   api: Optional[HfApi]) -> Optional[list[str]]:
-    if Path(source).is_dir():
-        return sorted(p.name for p in (folder / DOMAINS_DIR).glob("*/") if p.is_dir())
-    if constants.is_offline_mode():
-        return None
-    try:
-        entries = (api or HfApi()).list_repo_tree(str(source), path_in_repo=DOMAINS_DIR, revision=revision)
-        return sorted(Path(entry.path).name for entry in entries)
-    except HfHubHTTPError:  # e.g. no domains/ folder at all: the error message goes without the list
-        return None
-
-
-def _check_known(domains: Sequence[str], known: list[str]) -> None:
-    if isinstance(domains, str):
-        raise TypeError(f"domains={domains!r} is a string; pass a list of names, e.g. domains=[{domains!r}].")
-    unknown = [d for d in domains if d not in known]
-    if unknown or not domains:
-        raise ValueError(f"domains={list(domains)!r}: unknown {unknown}; this adapter's domains are {known}.")

@@ -157,14 +157,32 @@ def test_merge_true_returns_the_plain_base_class(tmp_path):
         mlora_peft.load_domains(_base("DictModel"), folder, domains=["eu", "us"], merge=True)
 
 
-def test_train_base_domain_folders_carry_the_shared_weights(tmp_path):
+def test_a_jointly_trained_base_is_stored_once_at_the_root(tmp_path):
+    """Issue 20: each domain folder used to carry the whole shared base (2.29 MB a domain on Amazon)."""
     model, x = _trained(train_base=True), _inputs("PlainMLP")
     with torch.no_grad():
         for param in model.get_base_model().parameters():
             param.add_(0.01)  # joint training moved the base
     folder = mlora_peft.save_pretrained(model, tmp_path / "adapter")
-    one = mlora_peft.load_domains(_base(), folder, domains=["asia"])
+    root = load_file(str(folder / "adapter_model.safetensors"))
+    assert any("mdlora_" not in key for key in root)  # the base, once
+    for name in NAMES:
+        assert all("mdlora_" in key for key in load_file(str(folder / "domains" / name / "adapter_model.safetensors")))
+    one = mlora_peft.load_domains(_base(), folder, domains=["asia"])  # reads the base from the root
     torch.testing.assert_close(one(x), model(x, domain_ids=2), rtol=0, atol=1e-6)
+
+
+def test_save_of_named_domains_writes_only_their_folders(tmp_path):
+    folder = mlora_peft.save_pretrained(_trained(), tmp_path / "adapter")
+    files = _snapshot(folder)
+    model = mlora_peft.load_domains(_base(), folder, is_trainable=True)
+    model.add_domains(["new"])
+    mlora_peft.save_pretrained(model, folder, domains=["new"])
+    assert {k: v for k, v in _snapshot(folder).items() if not k.startswith("domains/new/")} == files
+    assert sorted(p.name for p in (folder / "domains" / "new").iterdir()) == ["adapter_config.json",
+                                                                              "adapter_model.safetensors"]
+    with pytest.raises(ValueError, match=r"holds no adapter_config.json; save the whole adapter first"):
+        mlora_peft.save_pretrained(model, tmp_path / "empty", domains=["new"])
 
 
 # ------------------------------------------------------------------------------------ new domain

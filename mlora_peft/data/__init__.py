@@ -16,13 +16,13 @@ Real data sets: `load_movielens`, `load_amazon`, `load_taobao`, `load_ali_ccp`, 
 
 from .ali_ccp import load_ali_ccp
 from .aliexpress import load_aliexpress
-from .amazon import amazon_interactions, load_amazon, read_amazon
+from .amazon import amazon_interactions, load_amazon, read_amazon, subsample_users
 from .batching import DomainBatchSampler, RowBatch, TensorColumns, make_loader
 from .douban import load_douban
 from .encoders import CategoricalEncoder, DenseEncoder, DomainEncoder
 from .kuairand import load_kuairand
 from .labels import LabelRule
-from .loading import EmptyDomainWarning, MultiDomainData, OneClassWarning, load_multidomain
+from .loading import EmptyDomainWarning, MultiDomainData, OneClassWarning, load_multidomain, raw_splits
 from .movielens import load_movielens, read_movielens
 from .negatives import sample_negatives, with_sampled_negatives
 from .sources import read_source
@@ -48,6 +48,7 @@ __all__ = [
     "TensorColumns",
     "TimeSplit",
     "amazon_interactions",
+    "subsample_users",
     "load_ali_ccp",
     "load_aliexpress",
     "load_amazon",
@@ -55,6 +56,7 @@ __all__ = [
     "load_kuairand",
     "load_movielens",
     "load_multidomain",
+    "raw_splits",
     "load_taobao",
     "make_loader",
     "make_synthetic",

@@ -9,6 +9,7 @@ positive; negatives follow `with_sampled_negatives`. Users are shared across cat
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
@@ -95,6 +97,7 @@ def load_amazon(
     ratio_range: Sequence[float] = DEFAULT_RATIO_RANGE,
     split: SplitSpec = DEFAULT_FRACTIONS,
     embedding_dim: int = 8,
+    user_fraction: float = 1.0,
 ) -> MultiDomainData:
     """Amazon categories as domains; features user and item ids.
 
@@ -105,6 +108,7 @@ def load_amazon(
         ratio_range: r's range; each category gets about #positives / r negatives.
         split: per-domain stratified fractions (60/20/20 by default).
         embedding_dim: embedding width in the feature spec.
+        user_fraction: keep the interactions of a seeded random share of the users (see `subsample_users`).
 
     Returns:
         A `MultiDomainData` whose domains are the category names in ascending order.
@@ -114,7 +118,8 @@ def load_amazon(
         >>> len(data.domain_names)  # doctest: +SKIP
         6
     """
-    interactions, _ = amazon_interactions(path, categories, seed=seed, ratio_range=ratio_range)
+    interactions, _ = amazon_interactions(path, categories, seed=seed, ratio_range=ratio_range,
+                                          user_fraction=user_fraction)
     return load_multidomain(interactions, label="label", domain="category", sparse=["user", "item"], dense=[],
                             split=split, seed=seed, embedding_dim=embedding_dim)
 
@@ -125,6 +130,7 @@ def amazon_interactions(
     *,
     seed: int = 0,
     ratio_range: Sequence[float] = DEFAULT_RATIO_RANGE,
+    user_fraction: float = 1.0,
 ) -> tuple[pa.Table, dict[str, float]]:
     """The raw rows `load_amazon` encodes, before splitting and encoding.
 
@@ -133,6 +139,7 @@ def amazon_interactions(
         categories: categories to use (default: every one found).
         seed: fixes r per category and the sampled items.
         ratio_range: r's range.
+        user_fraction: keep a seeded random share of the users (see `subsample_users`).
 
     Returns:
         (table with user, item, category and label; category -> r).
@@ -142,8 +149,33 @@ def amazon_interactions(
         >>> sorted(ratios)[:2]  # doctest: +SKIP
         ['Musical_Instruments', 'Office_Products']
     """
-    return with_sampled_negatives(read_amazon(path, categories), user="user", item="item", domain="category",
-                                  seed=seed, ratio_range=ratio_range)
+    positives = subsample_users(read_amazon(path, categories), user_fraction, seed)
+    return with_sampled_negatives(positives, user="user", item="item", domain="category", seed=seed,
+                                  ratio_range=ratio_range)
+
+
+def subsample_users(positives: pa.Table, fraction: float, seed: int, user: str = "user") -> pa.Table:
+    """The interactions of a seeded random `fraction` of the users (all of them when fraction >= 1).
+
+    A user is kept or dropped by the seed and the user's id alone (each id gets its own draw from
+    `(seed, hash of the id)`), so a user kept in one category's file is kept in every other category's
+    file too, whichever files are read together.
+
+    Example:
+        >>> table = pa.table({"user": [f"u{i}" for i in range(1000)]})
+        >>> 250 < subsample_users(table, 0.3, seed=0).num_rows < 350
+        True
+    """
+    if fraction >= 1:
+        return positives
+    users = pc.unique(positives.column(user)).to_pylist()
+    keep = [u for u in users if _draw(u, seed) < fraction]
+    return positives.filter(pc.is_in(positives.column(user), value_set=pa.array(keep, pa.string())))
+
+
+def _draw(value: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2 ** 64
 
 
 def _match(name: str) -> Optional[tuple[str, int]]:

@@ -1,7 +1,8 @@
 """Column encoders fitted on the train split and saved as plain JSON.
 
 - `CategoricalEncoder`: raw ids -> int64 in [0, vocab_size); 0 means unknown or missing, known
-  values get 1, 2, ... in ascending value order (numbers numerically, strings by code point).
+  values get 1, 2, ... in ascending value order (numbers numerically, strings by code point);
+  `grow` appends a new domain's unseen values after them, so old ids never change.
 - `DenseEncoder`: numbers -> float32, missing values filled with the train mean, then
   standardised (default), min-max scaled or left as they are, per dimension.
 - `DomainEncoder`: domain values of any type -> contiguous ids 0..D-1 in ascending value order,
@@ -70,6 +71,19 @@ class CategoricalEncoder:
         ids = normalise_ids(column, self.name, self.kind)
         position = pc.index_in(ids, value_set=self._value_set())
         return pc.fill_null(pc.add(position.cast(pa.int64()), 1), 0).to_numpy(zero_copy_only=False)
+
+    def grow(self, column: ArrowColumn, min_frequency: int = 1) -> CategoricalEncoder:
+        """The vocabulary with the unseen values of `column` appended (ascending), old ids unchanged.
+
+        Example:
+            >>> enc = CategoricalEncoder.fit(pa.array(["b", "a"]), "city").grow(pa.array(["c", "a", "0"]))
+            >>> enc.values, enc.transform(pa.array(["a", "b", "0", "c"])).tolist()
+            (('a', 'b', '0', 'c'), [1, 2, 3, 4])
+        """
+        ids = normalise_ids(column, self.name, self.kind)
+        seen = CategoricalEncoder.fit(ids, self.name, min_frequency).values
+        known = set(self.values)
+        return CategoricalEncoder(self.name, self.kind, self.values + tuple(v for v in seen if v not in known))
 
     def _value_set(self) -> pa.Array:
         return pa.array(self.values, type=_ARROW_TYPES[self.kind])
@@ -202,6 +216,29 @@ class DomainEncoder:
             raise ValueError(f"domain names {list(labels)!r} must be {len(values)} distinct strings, one per domain.")
         return cls(name, id_kind(ids), values, labels)
 
+    def grow(self, column: ArrowColumn, names: Optional[Sequence[str]] = None) -> DomainEncoder:
+        """The domains with those of `column` appended (ascending), old ids unchanged.
+
+        Args:
+            column: the new data's train domain column; it must hold only new domains.
+            names: display names of the new domains, in ascending value order (default `str(value)`).
+
+        Raises:
+            ValueError: `column` holds a domain the encoder knows (train it with the model instead), or
+                names that are taken or of the wrong length.
+
+        Example:
+            >>> enc = DomainEncoder.fit(pa.array(["M", "F"]), "gender").grow(pa.array(["X"]))
+            >>> enc.names, enc.transform(pa.array(["X", "F"])).tolist()
+            (('F', 'M', 'X'), [2, 0])
+        """
+        new = DomainEncoder.fit(normalise_ids(column, self.column, self.kind), self.column, names=names)
+        known = [n for v, n in zip(new.values, new.names) if v in set(self.values) or n in set(self.names)]
+        if known:
+            raise ValueError(f"Domains {known} are already in the model ({list(self.names)}); onboarding adds "
+                             "new domains only: drop their rows from the new data, or train the model again.")
+        return DomainEncoder(self.column, self.kind, self.values + new.values, self.names + new.names)
+
     def transform(self, column: ArrowColumn) -> np.ndarray:
         """int64 domain ids `(N,)`.
 
@@ -215,8 +252,9 @@ class DomainEncoder:
             listed = ", ".join(f"{item['values']!r} ({item['counts']} rows)" for item in unseen[:5])
             raise ValueError(
                 f"Domain column {self.column!r} holds domains unseen in training: {listed}. Known domains: "
-                f"{list(self.names)}. Map these rows to a known domain, drop them, or refit with the new "
-                "domain (and add it to the model with add_domains)."
+                f"{list(self.names)}. Map these rows to a known domain, drop them, or onboard the new "
+                "domain: encoder.grow(new_train_rows) keeps every old id and model.add_domains adds its adapter "
+                "(recipes/add_domain.py does both, and grows the embedding tables)."
             )
         return position.cast(pa.int64()).to_numpy(zero_copy_only=False)
 

@@ -216,18 +216,9 @@ def load_multidomain(
         0  train     de  1200        240  0.200000
         1  train     fr  3600        612  0.170000
     """
-    tables = read_source(source, **load_kwargs)
-    first = next(iter(tables.values()))
-    rule = LabelRule.parse(label, first.column_names)
-    check_roles(rule.column, domain, [], [])
-    time_column = [split.column] if isinstance(split, TimeSplit) else []
-    inferred = sparse is None and dense is None
-    sparse, dense = _feature_columns(first, rule.column, domain, sparse, dense, [*exclude, *time_column])
-    for name, table in tables.items():
-        require_columns(table.column_names, {"label": [rule.column], "domain": [domain], "sparse": sparse,
-                                             "dense": dense, "time": time_column})
-        _check_text_cells(table, sparse if inferred else [], dense, name)
-    raw = _split(tables, rule, domain, split, seed)
+    if encoder is not None and sparse is None and dense is None:  # the encoder's columns, not inferred ones
+        sparse, dense = [e.name for e in encoder.sparse], [e.name for e in encoder.dense]
+    raw, rule, sparse, dense = _read_and_split(source, label, domain, sparse, dense, split, seed, exclude, load_kwargs)
     if domain_order is not None:
         domain_order, domain_names = _train_order(raw, domain, list(domain_order), domain_names)
     if encoder is None:
@@ -242,6 +233,48 @@ def load_multidomain(
     })
     _check_label_classes(splits, encoder.domain_names, rule)
     return MultiDomainData(splits, encoder, embedding_dim)
+
+
+def raw_splits(
+    source: Any,
+    *,
+    label: str,
+    domain: str,
+    sparse: Optional[Sequence[str]] = None,
+    dense: Optional[Sequence[str]] = None,
+    split: SplitSpec = None,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    **load_kwargs: Any,
+) -> dict[str, pa.Table]:
+    """The raw train / validation / test tables `load_multidomain` would encode (same arguments, same split).
+
+    Use it to grow a fitted encoder with new domains' train rows (`MultiDomainEncoder.grow`), then
+    encode the splits with `load_multidomain(splits, ..., split="provided", encoder=grown)`.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"user": range(40), "country": ["fr", "de"] * 20, "click": [0, 1, 1, 0] * 10})
+        >>> {name: t.num_rows for name, t in raw_splits(frame, label="click", domain="country").items()}
+        {'train': 24, 'validation': 8, 'test': 8}
+    """
+    return _read_and_split(source, label, domain, sparse, dense, split, seed, exclude, load_kwargs)[0]
+
+
+def _read_and_split(source: Any, label: str, domain: str, sparse, dense, split: SplitSpec, seed: int,
+                    exclude: Sequence[str], load_kwargs: dict) -> tuple[dict[str, pa.Table], LabelRule, list, list]:
+    tables = read_source(source, **load_kwargs)
+    first = next(iter(tables.values()))
+    rule = LabelRule.parse(label, first.column_names)
+    check_roles(rule.column, domain, [], [])
+    time_column = [split.column] if isinstance(split, TimeSplit) else []
+    inferred = sparse is None and dense is None
+    sparse, dense = _feature_columns(first, rule.column, domain, sparse, dense, [*exclude, *time_column])
+    for name, table in tables.items():
+        require_columns(table.column_names, {"label": [rule.column], "domain": [domain], "sparse": sparse,
+                                             "dense": dense, "time": time_column})
+        _check_text_cells(table, sparse if inferred else [], dense, name)
+    return _split(tables, rule, domain, split, seed), rule, sparse, dense
 
 
 def _check_text_cells(table: pa.Table, inferred_sparse: list[str], dense: list[str], split: str) -> None:

@@ -8,6 +8,7 @@ it in another process encodes new raw rows identically. JSON only: nothing is pi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import pyarrow as pa
 from torch import Tensor
 
 from ..features import DenseFeature, Feature, SparseFeature
-from .columns import as_table, require_columns
+from .columns import ArrowColumn, as_table, normalise_ids, require_columns
 from .encoders import CategoricalEncoder, DenseEncoder, DomainEncoder, Normalization
 from .labels import LabelRule
 from .tensors import table_tensors
@@ -96,6 +97,90 @@ class MultiDomainEncoder:
     def domain_names(self) -> tuple[str, ...]:
         """Domain names in id order."""
         return self.domain.names
+
+    def grow(self, train: Any, *, min_frequency: int = 1,
+             domain_names: Optional[Sequence[str]] = None) -> MultiDomainEncoder:
+        """This encoder extended with new domains' train rows: unseen values get new ids, old ids stay.
+
+        Every categorical column appends the values of `train` it does not know (ascending), the
+        domain encoder appends the new domains, and the label rule and the dense statistics stay those
+        of the original training data (the model was trained on that scaling).
+
+        Args:
+            train: the new domains' train split (anything `as_table` accepts); only new domains.
+            min_frequency: new values seen fewer times map to 0 (unknown), as at fitting.
+            domain_names: display names of the new domains (default `str(value)`).
+
+        Raises:
+            ValueError: missing columns, or a domain the encoder already knows.
+
+        Example:
+            >>> import pandas as pd
+            >>> old = pd.DataFrame({"user": [1, 2], "shop": ["a", "b"], "click": [0, 1]})
+            >>> enc = MultiDomainEncoder.fit(old, label="click", domain="shop", sparse=["user"])
+            >>> grown = enc.grow(pd.DataFrame({"user": [2, 9], "shop": ["c", "c"], "click": [1, 0]}))
+            >>> grown.domain_names, grown.transform(pd.DataFrame({"user": [1, 2, 9], "shop": "c"}))["user"].to_pylist()
+            (('a', 'b', 'c'), [1, 2, 3])
+        """
+        table = as_table(train)
+        require_columns(table.column_names, {"domain": [self.domain.column], "sparse": [e.name for e in self.sparse]})
+        return dataclasses.replace(
+            self, domain=self.domain.grow(table.column(self.domain.column), domain_names),
+            sparse=tuple(e.grow(table.column(e.name), min_frequency) for e in self.sparse))
+
+    def additions(self, base: MultiDomainEncoder, rows: Any = None) -> dict[str, Any]:
+        """The values this encoder (grown from `base`) adds, as JSON-ready `{"domain": ..., "sparse": ...}`.
+
+        Args:
+            base: the encoder this one was grown from (directly or over several growths).
+            rows: only the added values these raw rows hold (one domain's train rows), and their domains.
+
+        Raises:
+            ValueError: this encoder is not a growth of `base` (another label, columns, or renumbered ids).
+        """
+        self._check_grown_from(base)
+        table = None if rows is None else as_table(rows)
+
+        def added(old: tuple, new: tuple, column: ArrowColumn = None, kind: str = "str") -> list:
+            extra = list(new[len(old):])  # a growth appends: the first len(old) values are the base's
+            if column is None:
+                return extra
+            present = set(normalise_ids(column, "values", kind).to_pylist())
+            return [v for v in extra if v in present]
+
+        domain_rows = None if table is None else table.column(self.domain.column)
+        values = added(base.domain.values, self.domain.values, domain_rows, self.domain.kind)
+        names = [self.domain.names[self.domain.values.index(v)] for v in values]
+        return {"format_version": _FORMAT_VERSION, "domain": {"values": values, "names": names},
+                "sparse": {e.name: added(b.values, e.values, None if table is None else table.column(e.name), e.kind)
+                           for b, e in zip(base.sparse, self.sparse)}}
+
+    def with_additions(self, additions: dict[str, Any]) -> MultiDomainEncoder:
+        """This encoder with `additions` (from `additions()`) appended; values it already holds are kept as they are.
+
+        Raises:
+            ValueError: additions of another format or for columns this encoder lacks.
+        """
+        if additions.get("format_version") != _FORMAT_VERSION or set(additions["sparse"]) != {e.name for e in self.sparse}:
+            raise ValueError(f"Encoder additions for columns {sorted(additions.get('sparse', {}))} do not fit this "
+                             f"encoder (columns {[e.name for e in self.sparse]}); load them onto the encoder of the "
+                             "model they were trained with.")
+        known = set(self.domain.values)
+        new = [(v, n) for v, n in zip(additions["domain"]["values"], additions["domain"]["names"]) if v not in known]
+        domain = dataclasses.replace(self.domain, values=self.domain.values + tuple(v for v, _ in new),
+                                     names=self.domain.names + tuple(n for _, n in new))
+        sparse = tuple(dataclasses.replace(e, values=e.values + _unseen(additions["sparse"][e.name], e.values))
+                       for e in self.sparse)
+        return dataclasses.replace(self, domain=domain, sparse=sparse)
+
+    def _check_grown_from(self, base: MultiDomainEncoder) -> None:
+        same = (self.label == base.label and self.dense == base.dense and self.domain.column == base.domain.column
+                and [(e.name, e.kind) for e in self.sparse] == [(e.name, e.kind) for e in base.sparse]
+                and self.domain.values[:len(base.domain.values)] == base.domain.values
+                and all(e.values[:len(b.values)] == b.values for b, e in zip(base.sparse, self.sparse)))
+        if not same:
+            raise ValueError("This encoder is not a growth of the given base encoder (other columns, label, scaling "
+                             "or renumbered ids); pass the encoder the model was first trained with.")
 
     def feature_spec(self, embedding_dim: int = 8) -> list[Feature]:
         """The zoo's feature specs: one `SparseFeature` per categorical column, one `DenseFeature` per numeric one.
@@ -187,6 +272,12 @@ class MultiDomainEncoder:
         if not path.is_file():
             raise FileNotFoundError(f"No {ENCODER_FILE} at {path}; save one with MultiDomainEncoder.save(directory).")
         return cls.from_json(path.read_text())
+
+
+def _unseen(values: list, known: tuple) -> tuple:
+    """`values` not in `known`, in order."""
+    seen = set(known)
+    return tuple(v for v in values if v not in seen)
 
 
 def _dense_array(values: np.ndarray) -> pa.Array:

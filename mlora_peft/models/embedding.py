@@ -100,9 +100,16 @@ class FeatureEmbedding(nn.Module):
             return self.projections[feature.name](values) if self.dense_as_field else values  # (N, E) or (N, dim)
         table = self.tables[feature.name]
         ids = _ids(feature, batch)
+        try:
+            vectors = table(ids)  # (N, E) or (N, L, E)
+        except IndexError:
+            raise ValueError(f"Feature {feature.name!r} has ids up to {int(ids.max())}, but its table has "
+                             f"{table.num_embeddings} rows (ids 0..{table.num_embeddings - 1}). Encode with the "
+                             "model's own encoder; for a new domain, grow the model first "
+                             "(recipes/add_domain.py, or mlora_peft.growth.grow_embeddings).") from None
         if isinstance(feature, SparseFeature):
-            return table(ids)  # (N, E)
-        return pool(table(ids), ids != 0, feature.pooling)  # (N, L, E) -> (N, E)
+            return vectors  # (N, E)
+        return pool(vectors, ids != 0, feature.pooling)  # (N, L, E) -> (N, E)
 
 
 class LinearTerm(nn.Module):

@@ -9,10 +9,11 @@
 - `build`: `load_data`, `build_model`, `make_optimizer`, `make_accelerator`, `EmbeddingL2`;
 - `loop`: `train` (one model into one folder), `run` (the recipe), stages, schedules, early stopping;
 - `checkpoint`: safetensors + JSON checkpoints (nothing pickled), resume with fallback;
-- `run_dir`: one run per output folder; `runs`: reading a finished run back (`evaluate_run`).
+- `run_dir`: one run per output folder; `runs`: reading a finished run back (`rebuild_model`, `evaluate_run`);
+- `onboard`: a new domain onto a trained run (`recipes/add_domain.py`): grow, train only what is new, ship it.
 """
 
-from .build import EmbeddingL2, build_model, load_data, make_accelerator, make_optimizer
+from .build import EmbeddingL2, build_backbone, build_model, load_data, make_accelerator, make_optimizer, model_features
 from .checkpoint import (
     CheckpointError,
     TrainingState,
@@ -37,7 +38,8 @@ from .config import (
 )
 from .loop import STAGES, end_epoch, next_stage, run, scheduled_lr, set_stage, train
 from .run_dir import OutputDirError, check_output_dir
-from .runs import evaluate_run, load_run
+from .onboard import onboard, onboard_config
+from .runs import evaluate_run, load_run, rebuild_model
 
 __all__ = [
     "STAGES",
@@ -52,6 +54,7 @@ __all__ = [
     "TrainConfig",
     "TrainSettings",
     "TrainingState",
+    "build_backbone",
     "build_model",
     "check_config",
     "check_output_dir",
@@ -64,9 +67,13 @@ __all__ = [
     "load_data",
     "load_latest_checkpoint",
     "load_run",
+    "rebuild_model",
     "make_accelerator",
     "make_optimizer",
+    "model_features",
     "next_stage",
+    "onboard",
+    "onboard_config",
     "rotate_checkpoints",
     "run",
     "save_checkpoint",

@@ -17,7 +17,7 @@ from .. import models
 from ..config import MultiDomainLoraConfig
 from ..data import MultiDomainData, MultiDomainEncoder
 from ..data.table_encoder import DOMAIN_COLUMN
-from ..features import SparseFeature
+from ..features import Feature, SparseFeature
 from .config import TrainConfig
 
 BUILT_IN_SOURCES = ("synthetic", "movielens", "amazon")
@@ -57,7 +57,7 @@ def load_data(cfg: TrainConfig, encoder: Optional[MultiDomainEncoder] = None) ->
                                        side_features=d.side_features)
     elif d.source == "amazon":
         data = data_lib.load_amazon(_required(d.path, "data.path"), categories=d.categories, seed=d.seed,
-                                    embedding_dim=dim)
+                                    embedding_dim=dim, user_fraction=d.user_fraction)
     else:
         return data_lib.load_multidomain(d.source, label=_required(d.label, "data.label"),
                                          domain=_required(d.domain, "data.domain"), sparse=d.sparse, dense=d.dense,
@@ -82,22 +82,44 @@ def build_model(cfg: TrainConfig, data: MultiDomainData) -> nn.Module:
         >>> type(model).__name__
         'PeftModel'
     """
-    m = cfg.model
-    features = list(data.feature_spec)
-    if m.embed_domain:
-        features.append(SparseFeature(DOMAIN_COLUMN, vocab_size=data.num_domains, embedding_dim=m.embedding_dim))
-    options = {"hidden": m.hidden, "dropout": m.dropout, **m.options}
-    if m.name in models.list_models("baselines"):
-        if cfg.mlora.mode != "none":
-            raise ValueError(f"model.name={m.name!r} is a multi-domain baseline: compare it with mlora.mode=none.")
-        options["num_domains"] = data.num_domains
-    model = models.build_model(m.name, features, **options)
+    model = build_backbone(cfg, model_features(cfg, data), data.num_domains)
     if cfg.mlora.mode == "none":
         return model
     adapter = MultiDomainLoraConfig(domain_names=list(data.domain_names), r=cfg.mlora.r,
                                     rank_divisor=cfg.mlora.rank_divisor, lora_dropout=cfg.mlora.dropout,
                                     domain_bias=cfg.mlora.domain_bias, train_base=True)
     return get_peft_model(model, adapter)
+
+
+def model_features(cfg: TrainConfig, data: MultiDomainData) -> list[Feature]:
+    """Every feature the model embeds: the data's, plus `domain_id` when `model.embed_domain` (saved as the run's spec).
+
+    Example:
+        >>> from mlora_peft.training import TrainConfig
+        >>> cfg = TrainConfig()
+        >>> cfg.data.rows = 1000
+        >>> [f.name for f in model_features(cfg, load_data(cfg))][-1]
+        'domain_id'
+    """
+    features = list(data.feature_spec)
+    if cfg.model.embed_domain:
+        features.append(SparseFeature(DOMAIN_COLUMN, vocab_size=data.num_domains, embedding_dim=cfg.model.embedding_dim))
+    return features
+
+
+def build_backbone(cfg: TrainConfig, features: list[Feature], num_domains: int) -> nn.Module:
+    """The plain zoo model of `cfg.model` on `features` (a run's saved `feature_spec.json` rebuilds it alone).
+
+    Raises:
+        ValueError: a multi-domain baseline with an MLoRA mode, or the zoo's own errors.
+    """
+    m = cfg.model
+    options = {"hidden": m.hidden, "dropout": m.dropout, **m.options}
+    if m.name in models.list_models("baselines"):
+        if cfg.mlora.mode != "none":
+            raise ValueError(f"model.name={m.name!r} is a multi-domain baseline: compare it with mlora.mode=none.")
+        options["num_domains"] = num_domains
+    return models.build_model(m.name, features, **options)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import yaml
@@ -86,6 +87,9 @@ class DataConfig:
     sparse: Optional[list[str]] = _field(None, "table: categorical columns (None: inferred).")
     dense: Optional[list[str]] = _field(None, "table: numeric columns (None: inferred).")
     categories: Optional[list[str]] = _field(None, "amazon: categories to load (None: all).")
+    user_fraction: float = _field(1.0, (
+        "amazon: keep a seeded random share of the users (each user kept or dropped in every category alike)."),
+        Range(0, 1, low_open=True))
     side_features: bool = _field(False, (
         "movielens: add the user's gender, age, occupation and zip and the item's first genre as features "
         "(the domain's own column left out); other sources refuse it (list columns in data.sparse instead)."))
@@ -222,6 +226,19 @@ def load_config(path: Union[str, Path], overrides: list[str] = ()) -> TrainConfi
     values = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} holds a YAML {type(values).__name__}, not a mapping of config keys.")
+    return from_dict(apply_overrides(values, overrides))
+
+
+def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
+    """`values` (nested plain config values, changed in place) with dotted `key=value` overrides; returns it.
+
+    Raises:
+        ValueError: an override that is not key=value, or one that sets a key under a value that is no section.
+
+    Example:
+        >>> apply_overrides({"train": {"lr": 0.1}}, ["train.lr=3e-4", "model.name=wdl"])
+        {'train': {'lr': '3e-4'}, 'model': {'name': 'wdl'}}
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -235,7 +252,7 @@ def load_config(path: Union[str, Path], overrides: list[str] = ()) -> TrainConfi
                                  "be set; fix the config file.")
             node = child
         node[leaf] = raw if _is_text_field(parents, leaf, raw) else yaml.safe_load(raw)
-    return from_dict(values)
+    return values
 
 
 def from_dict(values: dict) -> TrainConfig:
@@ -263,6 +280,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.side_features and cfg.data.source != "movielens":
         raise ValueError(f"data.side_features=true needs data.source=movielens, not {cfg.data.source!r}; set "
                          "data.side_features=false (for a table, list the extra columns in data.sparse).")
+    if cfg.data.user_fraction != 1.0 and cfg.data.source != "amazon":
+        raise ValueError(f"data.user_fraction={cfg.data.user_fraction:g} needs data.source=amazon, not "
+                         f"{cfg.data.source!r}; set data.user_fraction=1.")
     if cfg.mlora.r is None and cfg.mlora.rank_divisor is None:
         raise ValueError("mlora.r and mlora.rank_divisor are both null; set one, e.g. mlora.rank_divisor=64.")
     return cfg

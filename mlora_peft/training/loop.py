@@ -270,7 +270,7 @@ def run(cfg: TrainConfig) -> dict:
 def _save_model(cfg: TrainConfig, unwrapped: nn.Module, weights: dict, data: MultiDomainData, report: dict,
                 out_dir: Path) -> None:
     """The adapter (per-domain layout, pushed when asked) or the plain model, with the encoder and feature spec."""
-    extra = {"data_encoder": data.encoder, "feature_spec": features_to_json(data.feature_spec)}
+    extra = {"data_encoder": data.encoder, "feature_spec": features_to_json(build.model_features(cfg, data))}
     if cfg.mlora.mode != "none":
         save_pretrained(unwrapped, out_dir / "adapter", json_files=extra, eval_report=report,
                         repo_id=cfg.hub.push_to_hub)
