@@ -9,7 +9,9 @@
 - `build`: `load_data`, `build_model`, `make_optimizer`, `make_accelerator`, `EmbeddingL2`;
 - `loop`: `train` (one model into one folder), `run` (the recipe), stages, schedules, early stopping;
 - `checkpoint`: safetensors + JSON checkpoints (nothing pickled), resume with fallback;
-- `run_dir`: one run per output folder; `runs`: reading a finished run back (`evaluate_run`).
+- `run_dir`: one run per output folder; `runs`: reading a finished run back (`evaluate_run`);
+- `diagnose`: the headroom diagnostic (`recipes/diagnose.py`): popularity, shared, per-domain fine-tuned
+  and MLoRA models on one split, and whether per-domain modules have anything to gain.
 """
 
 from .build import EmbeddingL2, build_model, load_data, make_accelerator, make_optimizer
@@ -35,6 +37,7 @@ from .config import (
     from_dict,
     load_config,
 )
+from .diagnose import HEADROOM_THRESHOLD, Diagnosis, ModelScores, diagnose, judge
 from .loop import STAGES, end_epoch, next_stage, run, scheduled_lr, set_stage, train
 from .run_dir import OutputDirError, check_output_dir
 from .runs import evaluate_run, load_run
@@ -43,11 +46,14 @@ __all__ = [
     "STAGES",
     "CheckpointError",
     "DataConfig",
+    "Diagnosis",
+    "HEADROOM_THRESHOLD",
     "EmbeddingL2",
     "HubSettings",
     "MloraSettings",
     "OutputDirError",
     "ModelConfig",
+    "ModelScores",
     "Range",
     "TrainConfig",
     "TrainSettings",
@@ -56,9 +62,11 @@ __all__ = [
     "check_config",
     "check_output_dir",
     "complete_checkpoints",
+    "diagnose",
     "end_epoch",
     "evaluate_run",
     "from_dict",
+    "judge",
     "load_checkpoint",
     "load_config",
     "load_data",
