@@ -90,8 +90,9 @@ class DataConfig:
         "movielens: add the user's gender, age, occupation and zip and the item's first genre as features "
         "(the domain's own column left out); other sources refuse it (list columns in data.sparse instead)."))
     composition: str = _field("mixed", (
-        "Training batches: mixed, per_domain (one domain per batch, the paper's code) or sorted."),
-        choices=("mixed", "per_domain", "sorted"))
+        "Training batches: mixed, per_domain (one domain per batch, the paper's code), sorted, or sequential "
+        "(one domain per batch, a full pass over each domain before the next, domains in a random order each "
+        "epoch)."), choices=("mixed", "per_domain", "sorted", "sequential"))
     seed: int = _field(0, "Seed of the data (sampling, negatives) and its split.", COUNT)
 
 
