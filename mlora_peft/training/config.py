@@ -142,7 +142,12 @@ class TrainSettings:
     embedding_l2: float = _field(0.0, (
         "L2 penalty on the id embeddings a batch looks up (DeepCTR's l2_reg_embedding): adds embedding_l2 * "
         "the sum of squared outputs of every nn.Embedding (a linear term's id weights too) / batch rows to "
-        "the training loss, which train/loss then includes (0: off)."), Range(0))
+        "the training loss, which train/loss then includes (0: off). train.embedding_l2_scope=table penalises "
+        "whole tables instead."), Range(0))
+    embedding_l2_scope: str = _field("lookup", (
+        "embedding_l2 on lookup (the rows a batch looks up, divided by batch rows) or table (every row of every "
+        "embedding table, each step, not divided: DeepCTR's Keras embeddings_regularizer and DeepCTR-Torch's "
+        "add_regularization_weight)."), choices=("lookup", "table"))
     batch_size: int = _field(1024, "Global batch size (split over processes).", POSITIVE_INT)
     gradient_accumulation_steps: int = _field(1, "Batches per optimiser step.", POSITIVE_INT)
     max_epochs: int = _field(20, "Epochs per stage at most.", POSITIVE_INT)

@@ -323,7 +323,7 @@ def _finetune_domain(cfg: TrainConfig, model: nn.Module, tables: dict[str, pa.Ta
     best_score = -1.0 if best_score is None else best_score
     loader = make_loader(tables["train"], batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    penalty = build.EmbeddingL2(model, settings.embedding_l2) if settings.embedding_l2 else None
+    penalty = build.EmbeddingL2(model, settings.embedding_l2, settings.embedding_l2_scope) if settings.embedding_l2 else None
     loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(settings.max_epochs):
         loader.batch_sampler.set_epoch(epoch)
