@@ -25,6 +25,14 @@ from .tables import (oracle_line, options_table, parameter_section, per_domain_t
                      results_table, scope, speed_section, synthetic_sweep, when_it_helps)
 
 
+DIAGNOSTIC_NOTE = (
+    "Before benchmarking a data set of your own, `python recipes/diagnose.py data.source=... data.label=... "
+    "data.domain=...` says in minutes whether there is domain-specific headroom at all: it fine-tunes the shared "
+    "model on each domain (the most a per-domain module could reach) and compares it, and MLoRA, with the shared "
+    "model and a popularity baseline (`mlora_peft.training.diagnose`).")
+"""A pointer to the headroom diagnostic, near the top of the page."""
+
+
 def write_page(cache: Path, page: Path) -> Path:
     """Write `page` and its images (in `page.parent / "images"`) from the cache."""
     summaries, oracles = load_records(cache), load_oracles(cache)
@@ -45,6 +53,7 @@ def write_page(cache: Path, page: Path) -> Path:
         f"{', no GPU' if not torch.cuda.is_available() else ''}. Runs whose command names another machine ran there. "
         f"{total_runs} training runs in the cache, {total_seconds / 60:.0f} minutes of training summed over runs "
         "(runs went in parallel, on this machine and on a GPU machine where the commands say so).", "",
+        DIAGNOSTIC_NOTE, "",
         "Commands that filled the cache:", "",
         *[f"- `{c['command']}` ({c['date']}, {c['threads']} torch thread(s), on {c.get('where', 'this machine')})"
           for c in commands], "",
