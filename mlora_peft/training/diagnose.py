@@ -43,7 +43,7 @@ from ..metrics import domain_report, roc_auc
 from . import build
 from .checkpoint import write_json_atomic
 from .config import TrainConfig
-from .loop import train
+from . import loop
 from .run_dir import check_output_dir
 
 HEADROOM_THRESHOLD = 0.002
@@ -184,7 +184,7 @@ def diagnose(cfg: TrainConfig, threshold: float = HEADROOM_THRESHOLD, progress: 
     bar.update()
     bar.set_description("shared model")
     plain = dataclasses.replace(cfg, mlora=dataclasses.replace(cfg.mlora, mode="none"), overwrite=True)
-    shared_test = train(plain, out_dir / "shared", data=data)
+    shared_test = loop.train(plain, out_dir / "shared", data=data)
     shared = build.build_model(plain, data)
     shared.load_state_dict(read_weights(out_dir / "shared" / "model.safetensors"))
     bar.update()
@@ -193,7 +193,7 @@ def diagnose(cfg: TrainConfig, threshold: float = HEADROOM_THRESHOLD, progress: 
     bar.set_description("mlora")
     joint = dataclasses.replace(cfg, mlora=dataclasses.replace(
         cfg.mlora, mode="joint" if cfg.mlora.mode == "none" else cfg.mlora.mode), overwrite=True)
-    mlora_test = train(joint, out_dir / "mlora", data=data)
+    mlora_test = loop.train(joint, out_dir / "mlora", data=data)
     bar.update()
     bar.close()
 
