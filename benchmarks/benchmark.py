@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -45,6 +44,7 @@ from mlora_peft import training
 from mlora_peft.training import write_json_atomic
 
 from benchmarks import bench_speed, benchmark_report
+from benchmarks.records import DEFAULT_DIVISOR, OPTION_MODES, OPTIONS, DataSpec, RunRecord, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT.parent / "shared" / "data"
@@ -59,89 +59,24 @@ DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "default.yaml"  # the recipe's s
 
 
 # ---------------------------------------------------------------------------------- what runs
-@dataclass(frozen=True)
-class DataSpec:
-    """One benchmark data set: how to load it for a seed, and the training batch composition."""
-
-    key: str  # cache folder and table name
-    title: str
-    source: str  # synthetic, movielens or amazon
-    options: dict = field(default_factory=dict)
-    composition: str = "mixed"
-
-
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "emb_l2_0.1": ("train.embedding_l2=0.1",),
-    "emb_l2_1": ("train.embedding_l2=1",),
-    "emb_l2_10": ("train.embedding_l2=10",),
-    "plateau": ("train.lr_schedule=plateau", "train.lr_decay=0.3", "train.patience=4"),
-    "cosine": ("train.lr_schedule=cosine", "train.max_epochs=8", "train.min_lr_ratio=0.05"),
-    "paper_dropout": ("model.options.dropout_placement=base_output",),
-    "adapter_dropout": ("mlora.dropout=0.3",),
-    "no_domain_bias": ("mlora.domain_bias=false",),
-    "keep_shared": ("mlora.keep_shared_if_better=true",),
-    "adapter_lr_0.1": ("mlora.lr_ratio=0.1",),
-    "adapter_lr_0.3": ("mlora.lr_ratio=0.3",),
-    "dropout_0.1": ("model.dropout=0.1",),
-    "no_dropout": ("model.dropout=0",),
-    "input_bn": ("model.options.input_norm=batch",),
-}
-"""Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
-backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
-
-OPTION_MODES: dict[str, str] = {"keep_shared": "two_stage"}
-"""The MLoRA mode an option runs with, where it is not joint (`x+two_stage[option]`)."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model: a zoo backbone or baseline, the MLoRA mode and rank divisor, and a named option."""
-
-    name: str
-    model: str
-    mode: str  # none, joint or two_stage
-    rank_divisor: int = 16
-    option: str = ""  # a key of OPTIONS, or "" for the paper's settings
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.model in models.list_models("baselines")
-
-    @property
-    def overrides(self) -> tuple[str, ...]:
-        return OPTIONS[self.option] if self.option else ()
-
-    @property
-    def folder(self) -> str:
-        return self.name.replace("/", "_r")
-
-
 def variants(names: list[str], modes: list[str], divisors: list[int], options: tuple[str, ...] = ()
              ) -> list[Variant]:
     """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first.
 
-    Each option adds the plain backbone and its joint MLoRA (default divisor) with that option,
-    named `mlp[option]` and `mlp+mlora[option]` (`mlp+two_stage[option]` for an option of
-    `OPTION_MODES`); an option of MLoRA's settings alone (`mlora.*`) adds only the latter, since
-    the plain model would not change.
+    Each option adds the plain backbone and its joint MLoRA (default divisor) with that option
+    (two-stage for an option of `OPTION_MODES`); an option of MLoRA's settings alone (`mlora.*`) adds
+    only the latter, since the plain model would not change.
     """
     found = []
     for name in names:
+        found.append(Variant(name))
         if name in models.list_models("baselines"):
-            found.append(Variant(name, name, "none"))
             continue
-        found.append(Variant(name, name, "none"))
-        for mode in modes:
-            for divisor in divisors:
-                suffix = "" if divisor == 16 else f"/{divisor}"
-                found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}{suffix}", name, mode,
-                                     divisor))
+        found += [Variant(name, mode, divisor) for mode in modes for divisor in divisors]
         for option in options:
-            if not all(o.startswith("mlora.") for o in OPTIONS[option]):  # the plain model is the same without MLoRA
-                found.append(Variant(f"{name}[{option}]", name, "none", option=option))
-            mode = OPTION_MODES.get(option, "joint")
-            found.append(Variant(f"{name}+{'mlora' if mode == 'joint' else 'two_stage'}[{option}]", name, mode,
-                                 option=option))
+            if not Variant(name, option=option).keeps_backbone:  # a plain model with mlora.* options is the plain one
+                found.append(Variant(name, option=option))
+            found.append(Variant(name, OPTION_MODES.get(option, "joint"), option=option))
     return found
 
 
@@ -195,7 +130,7 @@ class DataCache:
         self.amazon_positives: Optional[pa.Table] = None
 
     def get(self, spec: DataSpec, seed: int) -> MultiDomainData:
-        key = (spec.key.split("@")[0], seed)
+        key = (spec.data_key, seed)
         if key not in self.loaded:
             self.loaded.clear()  # one data set in memory at a time
             self.loaded[key] = self._load(spec, seed)
@@ -248,15 +183,15 @@ def write_oracles(cache: Path) -> None:
     It is the best any model can do on that split. Seeds and settings are read from the cached
     runs; a seed already in the file is not computed again.
     """
-    for folder in sorted(cache.glob("synthetic*")):
-        summaries = [json.loads(p.read_text()) for p in sorted(folder.glob("*/seed*/summary.json"))]
-        if not summaries or "data_options" not in summaries[0]:
+    for folder in sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []:
+        runs = [RunRecord.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("*/seed*/" + SUMMARY))]
+        if not runs or runs[0].data.source != "synthetic":
             continue
         path = folder / "oracle.json"
         found = json.loads(path.read_text()) if path.exists() else {}
-        missing = sorted({s["seed"] for s in summaries} - {int(seed) for seed in found})
+        missing = sorted({r.seed for r in runs} - {int(seed) for seed in found})
         for seed in missing:
-            found[str(seed)] = synthetic_oracle(summaries[0]["data_options"], seed)
+            found[str(seed)] = synthetic_oracle(runs[0].data.options, seed)
         if missing:
             write_json_atomic(path, dict(sorted(found.items(), key=lambda item: int(item[0]))))
 
@@ -292,12 +227,13 @@ def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCac
 
 # ---------------------------------------------------------------------------------- one run
 def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache: DataCache,
-            overrides: list[str]) -> dict:
-    """Train (or read from the cache) one (data, model, seed) run; returns its summary."""
+            overrides: list[str]) -> RunRecord:
+    """Train (or read from the cache) one (data, model, seed) run; returns its record."""
     run_dir = cache / spec.key / variant.folder / f"seed{seed}"
     summary_path = run_dir / SUMMARY
     if summary_path.exists():
-        return check_cached(json.loads(summary_path.read_text()), spec, variant, overrides, summary_path)
+        return check_cached(RunRecord.from_json(json.loads(summary_path.read_text())), spec, variant, overrides,
+                            summary_path)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts over (its log would be appended to)
     data = data_cache.get(spec, seed)
@@ -312,47 +248,41 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     last_stage = [r for r in log if r["stage"] == log[-1]["stage"]]
     best = max(last_stage, key=lambda r: -1.0 if r["eval/mean_auc"] is None else r["eval/mean_auc"])
-    summary = {
-        "data": spec.key, "variant": variant.name, "model": variant.model, "mode": variant.mode,
-        "rank_divisor": variant.rank_divisor, "option": variant.option,
-        "option_overrides": list(variant.overrides), "seed": seed, "domains": list(data.domain_names),
-        "data_options": spec.options, "composition": spec.composition,
-        "test": {k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
-        "validation": {"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"], "best_epoch": best["epoch"]},
-        "epochs": len(log), "seconds": seconds, "seconds_per_epoch": seconds / max(len(log), 1),
-        "params": results["params"], "overrides": overrides,
-    }
+    record = RunRecord(
+        data=spec, variant=variant, seed=seed, domains=list(data.domain_names),
+        test={k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
+        validation={"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"], "best_epoch": best["epoch"]},
+        epochs=len(log), seconds=seconds, params=results["params"], overrides=list(overrides),
+        option_overrides=list(variant.overrides))
     for heavy in ("model.safetensors", "adapter", "test_predictions.safetensors"):
-        target = run_dir / heavy  # the summary keeps what the page needs; weights would fill the disk
+        target = run_dir / heavy  # the record keeps what the page needs; weights would fill the disk
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    write_json_atomic(summary_path, summary)
-    return summary
+    write_json_atomic(summary_path, record.to_json())
+    return record
 
 
-def check_cached(summary: dict, spec: DataSpec, variant: Variant, overrides: list[str], path: Path) -> dict:
-    """`summary` if it was run with these settings; a `ValueError` naming the difference otherwise.
+def check_cached(record: RunRecord, spec: DataSpec, variant: Variant, overrides: list[str], path: Path) -> RunRecord:
+    """`record` if it was run with these settings; a `ValueError` naming the difference otherwise.
 
     The cache folder is named by data set, variant and seed only, so a run with other rows, user
-    fraction or overrides must not be taken for this one.
+    fraction, overrides or a redefined option must not be taken for this one.
     """
     def settings(options: dict) -> dict:
         return {k: v for k, v in options.items() if v is not False}  # a flag added later defaults to False
 
-    cached = {"data options": settings(summary.get("data_options", {})), "overrides": summary.get("overrides", []),
-              "option overrides": summary.get("option_overrides", [])}
-    wanted = {"data options": settings(spec.options), "overrides": overrides,
-              "option overrides": list(variant.overrides)}
-    if "data_options" not in summary:  # summaries of the first version did not record them
-        del cached["data options"], wanted["data options"]
+    cached = {"data options": settings(record.data.options), "overrides": record.overrides,
+              "option overrides": record.option_overrides, "variant": record.variant}
+    wanted = {"data options": settings(spec.options), "overrides": list(overrides),
+              "option overrides": list(variant.overrides), "variant": variant}
     differ = [k for k in cached if cached[k] != wanted[k]]
     if differ:
         raise ValueError(f"{path} was run with other settings ({'; '.join(f'{k}: {cached[k]} there, {wanted[k]} now' for k in differ)}); "
                          "rerun with the same arguments, or give this run another --cache folder.")
-    return summary
+    return record
 
 
 def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list[int], cache: Path,
-            data_cache: DataCache, overrides: list[str], on_run: Optional[Callable[[dict], None]] = None) -> int:
+            data_cache: DataCache, overrides: list[str], on_run: Optional[Callable[[RunRecord], None]] = None) -> int:
     """Every (data, variant, seed) in order: data set, then variant, then seed. Returns runs trained."""
     trained = 0
     for spec in specs:
@@ -360,13 +290,13 @@ def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list
         for seed in seeds:  # seed-major inside a data set keeps one loaded data set at a time
             for variant in chosen[spec.key]:
                 fresh = not (cache / spec.key / variant.folder / f"seed{seed}" / SUMMARY).exists()
-                summary = run_one(spec, variant, seed, cache, data_cache, overrides)
+                record = run_one(spec, variant, seed, cache, data_cache, overrides)
                 trained += fresh
                 if fresh:
-                    print(f"{spec.key:<28} {variant.name:<24} seed {seed}: test WAUC {summary['test']['wauc']:.4f} "
-                          f"({summary['epochs']} epochs, {summary['seconds']:.0f} s)", flush=True)
+                    print(f"{spec.key:<28} {variant.name:<24} seed {seed}: test WAUC {record.test['wauc']:.4f} "
+                          f"({record.epochs} epochs, {record.seconds:.0f} s)", flush=True)
                 if on_run is not None:
-                    on_run(summary)
+                    on_run(record)
     return trained
 
 
@@ -384,31 +314,31 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
     """
     path = cache / REPRODUCED
     earlier = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["data"], r["variant"], r["seed"]) for r in earlier}
+    done = {(r["data"], Variant.from_json(r["variant"]), r["seed"]) for r in earlier}
     candidates = []
     for summary_path in sorted(cache.glob("*/*/seed*/" + SUMMARY)):
         if selected(summary_path.parts[-4], wanted):
-            summary = json.loads(summary_path.read_text())
-            if "data_options" in summary and (summary["data"], summary["variant"], summary["seed"]) not in done:
-                candidates.append(summary)  # the first version's runs did not record their data options
+            record = RunRecord.from_json(json.loads(summary_path.read_text()))
+            if (record.data.key, record.variant, record.seed) not in done:
+                candidates.append(record)
     if not candidates:
-        raise ValueError(f"No cached runs of {wanted} left to reproduce in {cache} (runs that recorded their data "
-                         f"options and were not reproduced before); name data keys that the cache holds.")
+        raise ValueError(f"No cached runs of {wanted} left to reproduce in {cache} (runs not reproduced before); "
+                         "name data keys that the cache holds.")
     picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
                                                         replace=False)
     records, commit = [], _commit()
     with tempfile.TemporaryDirectory() as scratch:
         for index in sorted(picked):
             cached = candidates[index]
-            rerun = run_one(spec_of(cached), variant_of(cached), cached["seed"], Path(scratch), data_cache,
-                            cached.get("overrides", []))
-            records.append({"data": cached["data"], "variant": cached["variant"], "seed": cached["seed"],
-                            "cached": {k: cached["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": cached["epochs"]},
-                            "rerun": {k: rerun["test"][k] for k in ("wauc", "mean_auc")} | {"epochs": rerun["epochs"]},
+            check_option(cached)
+            rerun = run_one(cached.data, cached.variant, cached.seed, Path(scratch), data_cache, cached.overrides)
+            records.append({"data": cached.data.key, "variant": cached.variant.to_json(), "seed": cached.seed,
+                            "cached": {k: cached.test[k] for k in ("wauc", "mean_auc")} | {"epochs": cached.epochs},
+                            "rerun": {k: rerun.test[k] for k in ("wauc", "mean_auc")} | {"epochs": rerun.epochs},
                             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
                             "threads": torch.get_num_threads()})
-            print(f"reproduced {cached['data']} {cached['variant']} seed {cached['seed']}: test WAUC "
-                  f"{cached['test']['wauc']:.6f} cached, {rerun['test']['wauc']:.6f} now", flush=True)
+            print(f"reproduced {cached.data.key} {cached.variant.name} seed {cached.seed}: test WAUC "
+                  f"{cached.test['wauc']:.6f} cached, {rerun.test['wauc']:.6f} now", flush=True)
     write_json_atomic(path, earlier + records)
     return records
 
@@ -418,22 +348,11 @@ def selected(key: str, wanted: list[str]) -> bool:
     return any(key == w or key.startswith(w) for w in wanted)
 
 
-def spec_of(summary: dict) -> DataSpec:
-    """The `DataSpec` a cached run was trained on, from its summary."""
-    key = summary["data"]
-    source = next(s for prefix, s in (("synthetic", "synthetic"), ("ml100k", "movielens"), ("amazon6", "amazon"))
-                  if key.startswith(prefix))
-    return DataSpec(key, key, source, summary["data_options"], summary["composition"])
-
-
-def variant_of(summary: dict) -> Variant:
-    """The `Variant` of a cached run; its option must still mean the overrides it was run with."""
-    option, ran_with = summary.get("option", ""), summary.get("option_overrides", [])  # early runs had no options
-    variant = Variant(summary["variant"], summary["model"], summary["mode"], summary["rank_divisor"], option)
-    if list(variant.overrides) != ran_with:
-        raise ValueError(f"Option {option!r} now means {list(variant.overrides)}, but {summary['variant']} ran with "
-                         f"{ran_with}; restore the option in OPTIONS.")
-    return variant
+def check_option(record: RunRecord) -> None:
+    """Refuse to retrain a cached run whose option no longer means the overrides it was run with."""
+    if list(record.variant.overrides) != record.option_overrides:
+        raise ValueError(f"Option {record.variant.option!r} now means {list(record.variant.overrides)}, but "
+                         f"{record.variant.name} ran with {record.option_overrides}; restore the option in OPTIONS.")
 
 
 def _commit() -> Optional[str]:
@@ -490,8 +409,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--models", default=None, help="comma-separated zoo models (default: all 15)")
     parser.add_argument("--modes", default="joint,two_stage", help="MLoRA modes beside the plain backbone")
     parser.add_argument("--rank-divisors", default=None,
-                        help=f"MLoRA rank divisors to compare on validation (default: 16, the variants named x+mlora, "
-                             f"and the library's default, x+mlora/{DEFAULT_RANK_DIVISOR}; 16 alone with --quick)")
+                        help=f"MLoRA rank divisors to compare on validation (default: {DEFAULT_DIVISOR}, the variants named x+mlora, "
+                             f"and the library's default, x+mlora/{DEFAULT_RANK_DIVISOR}; {DEFAULT_DIVISOR} alone with --quick)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0-4, or 0,1 with --quick)")
     parser.add_argument("--synthetic-domains", default="3,10,30", help="synthetic D values")
     parser.add_argument("--synthetic-effects", default="0,0.5,1", help="synthetic domain_effect values")
@@ -523,7 +442,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.seeds is None:
         args.seeds = "0,1" if args.quick else "0,1,2,3,4"
     if args.rank_divisors is None:
-        args.rank_divisors = "16" if args.quick else f"16,{DEFAULT_RANK_DIVISOR}"
+        args.rank_divisors = str(DEFAULT_DIVISOR) if args.quick else f"{DEFAULT_DIVISOR},{DEFAULT_RANK_DIVISOR}"
     if args.quick:
         args.override = ["train.max_epochs=4", *args.override]
         if args.synthetic_domains == "3,10,30":

@@ -1,12 +1,17 @@
 """The benchmark (benchmarks/benchmark.py): cached runs are reused, an interrupted run restarts, the page
 comes from the cache."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.goals import GOALS, Evidence, evaluate_goals, goals_section
+from benchmarks.records import DataSpec, RunRecord, Variant
+from benchmarks.stats import best_joint, best_mlora
+from benchmarks.tables import speed_section
 from mlora_peft.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +93,6 @@ def test_reproduce_trains_cached_runs_again_and_the_page_reports_how_far_they_mo
     edited = json.loads(summaries[0].read_text())
     edited["test"]["wauc"] += 0.01  # as if the code had changed since this run
     summaries[0].write_text(json.dumps(edited))
-    early = json.loads(summaries[1].read_text())  # runs of the first versions recorded no option
-    summaries[1].write_text(json.dumps({k: v for k, v in early.items() if k not in ("option", "option_overrides")}))
     before = [p.read_text() for p in summaries]
     calls = _count_training(benchmark, monkeypatch)
 
@@ -97,7 +100,7 @@ def test_reproduce_trains_cached_runs_again_and_the_page_reports_how_far_they_mo
     assert len(calls) == 2 and all(cache not in Path(c).parents for c in calls)  # trained apart from the cache
     assert [p.read_text() for p in summaries] == before  # the cache is not touched
     records = json.loads((cache / "reproduced.json").read_text())
-    assert [(r["data"], r["variant"], r["seed"]) for r in records] == [
+    assert [(r["data"], Variant.from_json(r["variant"]).name, r["seed"]) for r in records] == [
         ("synthetic-D3-effect1-0.6k", "mlp", 0), ("synthetic-D3-effect1-0.6k", "mlp+mlora", 0)]
     moved = [r["rerun"]["wauc"] - r["cached"]["wauc"] for r in records]
     assert moved[0] == pytest.approx(-0.01, abs=1e-9) and moved[1] == 0.0  # same seed, same code: same numbers
@@ -119,7 +122,7 @@ def test_options_run_on_the_plain_and_the_mlora_backbone_and_are_paired_on_the_p
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["mlp", "mlp+mlora", "mlp+mlora[slow_lr]",
                                                                       "mlp[slow_lr]"]
     runs = {p.parent.parent.name: json.loads(p.read_text()) for p in cache.glob("*/seed0/summary.json")}
-    assert runs["mlp[slow_lr]"]["option"] == "slow_lr" and runs["mlp[slow_lr]"]["mode"] == "none"
+    assert runs["mlp[slow_lr]"]["variant"] == {"model": "mlp", "mode": "none", "rank_divisor": 16, "option": "slow_lr"}
     assert "lr: 0.0003" in (cache / "mlp+mlora[slow_lr]" / "seed0" / "config.yaml").read_text()
     assert "lr: 0.001" in (cache / "mlp+mlora" / "seed0" / "config.yaml").read_text()
     expected = runs["mlp+mlora[slow_lr]"]["test"]["wauc"] - runs["mlp[slow_lr]"]["test"]["wauc"]
@@ -137,7 +140,7 @@ def test_a_cached_run_with_other_settings_is_refused_not_reused(benchmark, tmp_p
         benchmark.main([*args, "--override", "train.lr=0.01"])
     summary = tmp_path / "cache" / "synthetic-D3-effect1-0.6k" / "mlp" / "seed0" / "summary.json"
     edited = json.loads(summary.read_text())
-    edited["data_options"]["domain_effect"] = 0.5  # as if the folder held a run of other data
+    edited["data"]["options"]["domain_effect"] = 0.5  # as if the folder held a run of other data
     summary.write_text(json.dumps(edited))
     with pytest.raises(ValueError, match="other settings.*data options"):
         benchmark.main(args)
@@ -167,44 +170,56 @@ def test_an_option_of_another_mode_runs_with_that_mode(benchmark):
 
 
 def test_the_step_goal_is_judged_at_batch_1024_and_other_batches_are_shown_beside_it(tmp_path):
-    from benchmarks import benchmark_report as report
-
     def steps(batch, deepfm_ratio):
         return {"device": "cuda", "batch": batch, "note": f"batch {batch}", "domain_counts": [2],
                 "rows": {"deepfm": {"plain_ms": 2.0, "ratio": {"2": deepfm_ratio}}}}
 
     (tmp_path / "steps_cuda.json").write_text(json.dumps(steps(1024, 1.9)))
     (tmp_path / "steps_cuda_batch65536.json").write_text(json.dumps(steps(65536, 1.1)))
-    lines, judged = report.speed_section(tmp_path)
+    lines, judged = speed_section(tmp_path)
     assert [line for line in lines if line.startswith("### One full")] == [
         "### One full training step, MLoRA / plain, cuda, batch 1,024 (`benchmarks/bench_speed.py`)",
         "### One full training step, MLoRA / plain, cuda, batch 65,536 (`benchmarks/bench_speed.py`)"]
-    goal = [row for row in report.goals({}, None, judged) if "DeepFM" in row][0]
+    section = goals_section(Evidence({}, None, judged))
+    goal = [row for row in section if "DeepFM" in row][0]
     assert "| not met |" in goal and "1.90x" in goal and "1.10x" not in goal
-    assert [row for row in report.goals({}, None, judged) if row.startswith("- **DeepFM step:**")][0].startswith(
+    assert [row for row in section if row.startswith("- **DeepFM step:**")][0].startswith(
         "- **DeepFM step:** cuda: best 1.90x, worst 1.90x (0.75x over).")
+
+
+def _runs(spec: DataSpec, variant: Variant, test: float, validation: float = 0.7) -> dict[int, RunRecord]:
+    """Two seeds of a run with these scores (test WAUC rising by 0.001 a seed)."""
+    return {seed: RunRecord(spec, variant, seed, ["a"], {"wauc": test + 0.001 * seed}, {"mean_auc": validation}, 1, 1.0,
+                            option_overrides=list(variant.overrides)) for seed in (0, 1)}
 
 
 def test_a_missed_amazon_goal_says_by_how_much_and_what_was_tried():
     """Shortfalls are computed from the paired numbers (hand-computed here); `tried` lists every MLoRA config."""
-    from benchmarks import benchmark_report as report
-
-    def runs(model, mode, test, validation=0.7, composition="mixed"):
-        return {seed: {"model": model, "mode": mode, "option_overrides": [], "composition": composition,
-                       "validation": {"mean_auc": validation}, "test": {"wauc": test + 0.001 * seed}}
-                for seed in (0, 1)}
-
-    amazon = {"mlp+mlora/64": runs("mlp", "joint", 0.705, 0.69), "pepnet": runs("pepnet", "none", 0.703)}
+    mixed, per_domain = DataSpec("amazon6", "", "amazon"), DataSpec("amazon6@per_domain", "", "amazon",
+                                                                   composition="per_domain")
+    amazon = {Variant("mlp", "joint", 64): _runs(mixed, Variant("mlp", "joint", 64), 0.705, 0.69),
+              Variant("pepnet"): _runs(mixed, Variant("pepnet"), 0.703)}
     for backbone, gain in (("mlp", 0.002), ("wdl", -0.001), ("nfm", 0.001), ("deepfm", 0.0)):  # 4 of 10 miss it
-        amazon |= {backbone: runs(backbone, "none", 0.70), f"{backbone}+mlora": runs(backbone, "joint", 0.70 + gain)}
-    per_domain = {"mlp": runs("mlp", "none", 0.70, composition="per_domain"),
-                  "mlp+mlora": runs("mlp", "joint", 0.70, composition="per_domain")}
-    lines = report.goals({"amazon6": amazon, "amazon6@per_domain": per_domain}, None, {})
+        amazon |= {Variant(backbone): _runs(mixed, Variant(backbone), 0.70),
+                   Variant(backbone, "joint"): _runs(mixed, Variant(backbone, "joint"), 0.70 + gain)}
+    by_domain = {v: _runs(per_domain, v, 0.70) for v in (Variant("mlp"), Variant("mlp", "joint"))}
+    lines = goals_section(Evidence({"amazon6": amazon, "amazon6@per_domain": by_domain}))
     assert "- **Amazon-6 gain:** 0 of 4 backbones meet it (7 needed). The largest mean gain is mlp+mlora's, " \
            "+0.0020: 0.0030 short of +0.005. Tried: `+mlora` (4), `+mlora/64` (1); with one domain per batch, " \
            "`+mlora` (1)." in lines
     assert "- **Amazon-6 baselines:** mlp+mlora does not beat every seed of pepnet: behind by 0.0010, ahead in 0 of " \
            "2 seeds." in lines
+
+
+def test_goals_are_records_whose_thresholds_the_statements_show():
+    """A goal's bar lives in its record: changing the threshold changes both the verdict and the text."""
+    share = next(g for g in GOALS if g.check == "adapter_share")
+    assert "< 10%" in share.text
+    met = evaluate_goals(Evidence({}, {"mlp": 0.08}), (share,))[0]
+    stricter = evaluate_goals(Evidence({}, {"mlp": 0.08}), (dataclasses.replace(share, threshold=0.05),))[0]
+    assert met.status == "met" and met.missed is None
+    assert stricter.status == "not met" and "< 5%" in stricter.row and stricter.missed_line == \
+        "- **Parameters:** over 5% by mlp 3.0%."
 
 
 def test_the_synthetic_oracle_scores_the_very_test_rows_the_models_are_scored_on(benchmark):
@@ -226,10 +241,12 @@ def test_the_synthetic_oracle_scores_the_very_test_rows_the_models_are_scored_on
 
 def test_oracles_are_written_for_the_cached_synthetic_seeds_only_once(benchmark, tmp_path, monkeypatch):
     options = {"num_domains": 3, "rows": 600, "domain_effect": 1.0, "imbalance": 1.0}
+    spec = DataSpec("synthetic-D3-effect1-0.6k", "", "synthetic", options)
     for seed in (0, 2):
-        run = tmp_path / "synthetic-D3-effect1-0.6k" / "mlp" / f"seed{seed}"
+        run = tmp_path / spec.key / "mlp" / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "summary.json").write_text(json.dumps({"seed": seed, "data_options": options}))
+        record = RunRecord(spec, Variant("mlp"), seed, ["a"], {}, {}, 1, 1.0)
+        (run / "summary.json").write_text(json.dumps(record.to_json()))
     computed = []
     monkeypatch.setattr(benchmark, "synthetic_oracle", lambda o, seed: computed.append(seed) or {"wauc": 0.9})
     benchmark.write_oracles(tmp_path)
@@ -243,31 +260,25 @@ def test_synthetic_goals_judge_the_joint_config_chosen_on_validation_not_on_test
     """/64 has the better validation score and the worse test score: the goal takes /64, with its test cost.
     An option that changes the backbone too, and two-stage, better on validation still, are not the goals' model
     (joint MLoRA on the paper's backbone); an option of MLoRA's own settings is."""
-    from benchmarks import benchmark_report as report
-    data_options = {"num_domains": 3, "domain_effect": 0.0, "rows": 1000}
-
-    def runs(model, mode, validation, test, option="", overrides=()):
-        return {seed: {"model": model, "mode": mode, "option": option, "option_overrides": list(overrides),
-                       "composition": "mixed",
-                       "data_options": data_options, "validation": {"mean_auc": validation},
-                       "test": {"wauc": test + 0.001 * seed}} for seed in (0, 1)}
-
-    variants = {"mlp": runs("mlp", "none", 0.70, 0.70),
-                "mlp+mlora": runs("mlp", "joint", 0.70, 0.7001),
-                "mlp+mlora/64": runs("mlp", "joint", 0.71, 0.69),
-                "mlp+mlora[opt]": runs("mlp", "joint", 0.80, 0.80, option="opt", overrides=["model.dropout=0"]),
-                "mlp+two_stage": runs("mlp", "two_stage", 0.90, 0.90)}
-    assert report.best_joint(variants, "mlp") == "mlp+mlora/64"
-    assert report.best_mlora(variants, "mlp") == "mlp+two_stage"
-    rows, missed = report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)
-    no_effect = [row for row in rows if "without a domain effect" in row][0]
-    assert "| not met (mlp) |" in no_effect and "mlp: worst mean Δ -0.0100 (mlp+mlora/64)" in no_effect
-    assert missed == ["- **Synthetic without a domain effect (1,000 rows):** over the 0.001 allowed by mlp 0.0090 "
-                      "(on D3-effect0-1k). Tried: `+mlora` (1), `+mlora/64` (1), `+mlora[opt]` (1), `+two_stage` (1)."]
-    variants["mlp+mlora/64"] = runs("mlp", "joint", 0.69, 0.69)  # now /16 wins on validation
-    no_effect = [row for row in report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)[0]
-                 if "without a domain effect" in row][0]
-    assert "met (synthetic-D3-effect0-1k)" in no_effect and "mlp: worst mean Δ +0.0001 |" in no_effect
-    assert report._synthetic_goals({"synthetic-D3-effect0-1k": variants}, 1000)[1] == []  # nothing missed
-    variants["mlp+mlora[slow]"] = runs("mlp", "joint", 0.75, 0.705, option="slow", overrides=["mlora.lr_ratio=0.1"])
-    assert report.best_joint(variants, "mlp") == "mlp+mlora[slow]"
+    spec = DataSpec("synthetic-D3-effect0-1k", "", "synthetic", {"num_domains": 3, "domain_effect": 0.0, "rows": 1000})
+    variants = {Variant("mlp"): _runs(spec, Variant("mlp"), 0.70, 0.70),
+                Variant("mlp", "joint"): _runs(spec, Variant("mlp", "joint"), 0.7001, 0.70),
+                Variant("mlp", "joint", 64): _runs(spec, Variant("mlp", "joint", 64), 0.69, 0.71),
+                Variant("mlp", "joint", option="no_dropout"): _runs(spec, Variant("mlp", "joint", option="no_dropout"),
+                                                                     0.80, 0.80),
+                Variant("mlp", "two_stage"): _runs(spec, Variant("mlp", "two_stage"), 0.90, 0.90)}
+    assert best_joint(variants, "mlp").name == "mlp+mlora/64"
+    assert best_mlora(variants, "mlp").name == "mlp+two_stage"
+    no_effect = next(g for g in GOALS if g.check == "synthetic_no_effect")
+    result = evaluate_goals(Evidence({spec.key: variants}), (no_effect,))[0]
+    assert "| not met (mlp) |" in result.row and "mlp: worst mean Δ -0.0100 (mlp+mlora/64)" in result.row
+    assert result.missed_line == (
+        "- **Synthetic without a domain effect (1,000 rows):** over the 0.001 allowed by mlp 0.0090 "
+        "(on D3-effect0-1k). Tried: `+mlora` (1), `+mlora/64` (1), `+mlora[no_dropout]` (1), `+two_stage` (1).")
+    variants[Variant("mlp", "joint", 64)] = _runs(spec, Variant("mlp", "joint", 64), 0.69, 0.69)  # now /16 wins
+    result = evaluate_goals(Evidence({spec.key: variants}), (no_effect,))[0]
+    assert "met (synthetic-D3-effect0-1k)" in result.row and "mlp: worst mean Δ +0.0001 |" in result.row
+    assert result.missed is None
+    slow = Variant("mlp", "joint", option="adapter_lr_0.1")
+    variants[slow] = _runs(spec, slow, 0.705, 0.75)
+    assert best_joint(variants, "mlp") == slow

@@ -16,7 +16,7 @@ from mlora_peft.data import (
     stream_synthetic,
 )
 
-COMPOSITIONS = ("mixed", "per_domain", "sorted")
+COMPOSITIONS = ("mixed", "per_domain", "sorted", "sequential")
 
 
 def _table(rows: int = 1001, domains: int = 3, seed: int = 0) -> pa.Table:
@@ -33,7 +33,7 @@ def _table(rows: int = 1001, domains: int = 3, seed: int = 0) -> pa.Table:
 
 def _check_composition(batch: dict, composition: str) -> None:
     domains = batch["domain_id"]
-    if composition == "per_domain":
+    if composition in ("per_domain", "sequential"):
         assert domains.unique().numel() == 1
     if composition == "sorted":
         assert bool((domains[1:] >= domains[:-1]).all())
@@ -59,6 +59,20 @@ def test_every_row_once_per_epoch_with_consistent_columns(composition):
         epochs.append(order)
     assert not torch.equal(epochs[0], epochs[1])  # reshuffled each epoch
     assert len(loader) == len(list(loader))
+
+
+def test_sequential_passes_over_one_domain_before_the_next_in_a_new_order_each_epoch():
+    loader = make_loader(_table(domains=4), batch_size=32, composition="sequential", seed=0)
+    orders = []
+    for _ in range(6):
+        domains = [int(batch["domain_id"][0]) for batch in loader]
+        runs = [d for i, d in enumerate(domains) if i == 0 or d != domains[i - 1]]
+        assert sorted(runs) == [0, 1, 2, 3]  # each domain is one unbroken run of batches
+        orders.append(tuple(runs))
+    assert len(set(orders)) > 1  # the domains come in another order in some epoch
+    in_order = [int(b["domain_id"][0]) for b in make_loader(_table(domains=4), batch_size=32, composition="sequential",
+                                                            shuffle=False, even_batches=False)]
+    assert in_order == sorted(in_order)
 
 
 def test_same_seed_same_batches_and_no_shuffle_keeps_order():
@@ -122,6 +136,10 @@ def test_sampler_and_loader_errors():
         make_loader(pa.table({"x": [1]}), batch_size=1)
     with pytest.raises(TypeError, match="encode the data"):
         TensorColumns(pa.table({"city": ["a"]}))
+    with pytest.raises(ValueError, match="full batches, which 'sequential' cannot"):
+        DomainBatchSampler(np.zeros(3, int), 2, composition="sequential", shuffle=False)
+    with pytest.raises(ValueError, match="use make_loader for 'sequential'"):
+        StreamingBatches(lambda: iter([]), batch_size=2, composition="sequential")
 
 
 def test_loader_from_multidomain_data_and_dataloader_workers():
@@ -132,7 +150,7 @@ def test_loader_from_multidomain_data_and_dataloader_workers():
     assert set(next(iter(data.loader("test", batch_size=8)))) == {"user", "item", "price", "domain_id", "label"}
 
 
-@pytest.mark.parametrize("composition", COMPOSITIONS)
+@pytest.mark.parametrize("composition", [c for c in COMPOSITIONS if c != "sequential"])
 def test_streaming_yields_every_row_once(composition):
     table = _table(rows=2500)
     chunks = lambda: (table.slice(start, 700) for start in range(0, table.num_rows, 700))  # noqa: E731

@@ -102,6 +102,33 @@ def test_embedding_l2_step_adds_the_penalty_gradient_to_looked_up_rows(tmp_path,
             torch.testing.assert_close(difference, torch.zeros_like(difference), atol=1e-7, rtol=0)
 
 
+def test_table_scope_penalises_every_row_of_every_table_each_step(tmp_path, monkeypatch):
+    """train.embedding_l2_scope=table: one SGD step moves every embedding row by -lr * l2 * 2 * row (DeepCTR)."""
+    lr, l2 = 0.1, 0.5
+    monkeypatch.setattr(training_build, "make_optimizer", lambda model, lr: torch.optim.SGD(
+        [{"params": list(model.parameters())}, {"params": []}], lr=lr))
+    common = ["data.rows=600", "mlora.mode=none", "train.max_epochs=1", "train.batch_size=100000", f"train.lr={lr}"]
+    steps = {}
+    for weight in (0.0, l2):
+        run = tmp_path / str(weight)
+        cfg = training.load_config(TINY, [*common, f"output_dir={run}", f"train.embedding_l2={weight}",
+                                          "train.embedding_l2_scope=table"])
+        training.train(cfg, run)
+        steps[weight] = load_file(str(run / "model.safetensors"))
+    batch = next(iter(training.load_data(cfg).loader("train", batch_size=100000, seed=0)))
+    tables = [k for k in steps[0.0] if k.endswith(".weight") and ".tables." in k]
+    assert tables
+    for key in steps[0.0]:
+        difference = steps[l2][key] - steps[0.0][key]
+        if key in tables:
+            init = steps[0.0][key]  # a row no batch looks up keeps its init in the unpenalised step
+            unseen = torch.bincount(batch[key.split(".")[-2]], minlength=init.shape[0]) == 0
+            torch.testing.assert_close(difference[unseen], -lr * l2 * 2 * init[unseen], atol=1e-7, rtol=1e-4)
+            assert (difference[~unseen] != 0).all()  # looked-up rows are penalised too
+        else:
+            torch.testing.assert_close(difference, torch.zeros_like(difference), atol=1e-7, rtol=0)
+
+
 def test_embedding_l2_zero_registers_no_hooks(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(training_build, "EmbeddingL2", lambda *args: built.append(args))

@@ -102,7 +102,7 @@ def test_nothing_loads_code_by_path_or_edits_sys_path():
     assert found == []
 
 
-@pytest.mark.parametrize("module", ["config", "build", "loop", "checkpoint", "run_dir", "runs"])
+@pytest.mark.parametrize("module", ["config", "build", "loop", "checkpoint", "run_dir", "runs", "diagnose"])
 def test_training_doctests_pass(module, tmp_path, monkeypatch):
     import doctest
     import importlib

@@ -9,6 +9,8 @@ Compositions:
 - `"per_domain"`: every batch holds one domain (the MLoRA paper's protocol); batch order is shuffled.
 - `"sorted"`: mixed batches with rows sorted by domain inside each batch, so routing sees one
   contiguous segment per domain.
+- `"sequential"`: one domain per batch, and every batch of a domain before the next domain's, the domains
+  in a random order each epoch (a full pass over one domain, then the next: the paper's protocol option).
 
 Processes: under `accelerate`'s `prepare`, process p takes batches p, p + P, ... . Two layouts:
 - training (`even_batches=False`, the default when shuffling): the batch count is made a multiple
@@ -35,8 +37,9 @@ from .splits import stable_argsort
 from .table_encoder import DOMAIN_COLUMN
 from .tensors import table_tensors
 
-Composition = Literal["mixed", "per_domain", "sorted"]
-COMPOSITIONS = ("mixed", "per_domain", "sorted")
+Composition = Literal["mixed", "per_domain", "sorted", "sequential"]
+COMPOSITIONS = ("mixed", "per_domain", "sorted", "sequential")
+ONE_DOMAIN_PER_BATCH = ("per_domain", "sequential")
 
 
 class RowBatch:
@@ -173,9 +176,9 @@ class DomainBatchSampler(torch.utils.data.Sampler):
         even_batches: Optional[bool] = None,
     ) -> None:
         even_batches = not shuffle if even_batches is None else even_batches
-        if even_batches and composition == "per_domain":
+        if even_batches and composition in ONE_DOMAIN_PER_BATCH:
             raise ValueError(
-                "even_batches=True (the default without shuffling) needs full batches, which 'per_domain' cannot "
+                f"even_batches=True (the default without shuffling) needs full batches, which {composition!r} cannot "
                 "give; evaluate with composition='mixed' or 'sorted' (metrics are per domain anyway)."
             )
         if composition not in COMPOSITIONS:
@@ -218,16 +221,18 @@ class DomainBatchSampler(torch.utils.data.Sampler):
             order = order[stable_argsort(self.domain_ids[order])]
             if self.shuffle:
                 bounds = [bounds[i] for i in rng.permutation(len(bounds))]
+        elif self.composition == "sequential":
+            order = order[stable_argsort(self.domain_ids[order])]
+            if self.shuffle:  # whole domains in a random order, each domain's batches together
+                by_domain = _per_domain_bounds(self.domain_ids, self.rows_per_batch)
+                bounds = [b for d in rng.permutation(len(by_domain)) for b in by_domain[d]]
         return order, bounds
 
     def _layout(self) -> list[tuple[int, int]]:
         """Batch bounds before shuffling: consecutive chunks, or chunks within each domain's segment."""
-        if self.composition != "per_domain":
+        if self.composition not in ONE_DOMAIN_PER_BATCH:
             return _chunks(0, self.domain_ids.size, self.rows_per_batch)
-        counts = np.bincount(self.domain_ids, minlength=1)
-        starts = np.r_[0, np.cumsum(counts)[:-1]]
-        return [b for start, count in zip(starts.tolist(), counts.tolist())
-                for b in _chunks(start, start + count, self.rows_per_batch)]
+        return [b for bounds in _per_domain_bounds(self.domain_ids, self.rows_per_batch) for b in bounds]
 
     def _bounds(self, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         if self.even_batches:
@@ -260,7 +265,7 @@ def make_loader(
     Args:
         split: an encoded `datasets.Dataset` or pyarrow Table.
         batch_size: rows per batch (per process under accelerate).
-        composition: `"mixed"`, `"per_domain"` or `"sorted"` (see the module docstring).
+        composition: `"mixed"`, `"per_domain"`, `"sorted"` or `"sequential"` (see the module docstring).
         shuffle: reshuffle each epoch (use False for evaluation).
         seed: shuffling seed, the same on every process.
         num_processes: processes sharing the loader (None: the torch.distributed world size).
@@ -292,6 +297,13 @@ def make_loader(
 def _as_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """`TensorColumns.__getitems__` already returns a batch dict; nothing to collate."""
     return batch
+
+
+def _per_domain_bounds(domain_ids: np.ndarray, size: int) -> list[list[tuple[int, int]]]:
+    """Per domain id, the bounds of its batches in the rows grouped by domain (ascending ids)."""
+    counts = np.bincount(domain_ids, minlength=1)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    return [_chunks(start, start + count, size) for start, count in zip(starts.tolist(), counts.tolist())]
 
 
 def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:

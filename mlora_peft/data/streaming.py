@@ -69,8 +69,10 @@ class StreamingBatches(torch.utils.data.IterableDataset):
         columns: Optional[Sequence[str]] = None,
         chunk_rows: int = 1 << 18,
     ) -> None:
-        if composition not in COMPOSITIONS:
-            raise ValueError(f"composition={composition!r} is not one of {COMPOSITIONS}.")
+        if composition not in COMPOSITIONS or composition == "sequential":
+            allowed = tuple(c for c in COMPOSITIONS if c != "sequential")
+            raise ValueError(f"composition={composition!r} is not one of {allowed} (a stream cannot make a full pass "
+                             "over one domain before the next; use make_loader for 'sequential').")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
         if not (callable(chunks) or isinstance(chunks, (datasets.Dataset, datasets.IterableDataset))):

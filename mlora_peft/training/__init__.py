@@ -10,7 +10,9 @@
 - `loop`: `train` (one model into one folder), `run` (the recipe), stages, schedules, early stopping;
 - `checkpoint`: safetensors + JSON checkpoints (nothing pickled), resume with fallback;
 - `run_dir`: one run per output folder; `runs`: reading a finished run back (`rebuild_model`, `evaluate_run`);
-- `onboard`: a new domain onto a trained run (`recipes/add_domain.py`): grow, train only what is new, ship it.
+- `onboard`: a new domain onto a trained run (`recipes/add_domain.py`): grow, train only what is new, ship it;
+- `diagnose`: the headroom diagnostic (`recipes/diagnose.py`): popularity, shared, per-domain fine-tuned
+  and MLoRA models on one split, and whether per-domain modules have anything to gain.
 """
 
 from .build import EmbeddingL2, build_backbone, build_model, load_data, make_accelerator, make_optimizer, model_features
@@ -36,6 +38,7 @@ from .config import (
     from_dict,
     load_config,
 )
+from .diagnose import HEADROOM_THRESHOLD, Diagnosis, ModelScores, diagnose, judge
 from .loop import STAGES, end_epoch, next_stage, run, scheduled_lr, set_stage, train
 from .run_dir import OutputDirError, check_output_dir
 from .onboard import onboard, onboard_config
@@ -45,11 +48,14 @@ __all__ = [
     "STAGES",
     "CheckpointError",
     "DataConfig",
+    "Diagnosis",
+    "HEADROOM_THRESHOLD",
     "EmbeddingL2",
     "HubSettings",
     "MloraSettings",
     "OutputDirError",
     "ModelConfig",
+    "ModelScores",
     "Range",
     "TrainConfig",
     "TrainSettings",
@@ -59,9 +65,11 @@ __all__ = [
     "check_config",
     "check_output_dir",
     "complete_checkpoints",
+    "diagnose",
     "end_epoch",
     "evaluate_run",
     "from_dict",
+    "judge",
     "load_checkpoint",
     "load_config",
     "load_data",

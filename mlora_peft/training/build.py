@@ -167,28 +167,40 @@ def make_accelerator(**kwargs) -> Accelerator:
 
 
 class EmbeddingL2:
-    """DeepCTR's `l2_reg_embedding` for any model: an L2 penalty on the embedding rows a batch looks up.
+    """DeepCTR's `l2_reg_embedding` for any model: an L2 penalty on the embedding rows a batch looks up, or on
+    whole tables.
 
-    Forward hooks on every `nn.Embedding` of `model` (found through any PEFT or accelerate wrapper)
-    sum the squares of what training-mode lookups return (eval mode adds nothing); `pop` returns
-    `weight * that sum / batch_rows` and starts the next sum.
+    scope "lookup": forward hooks on every `nn.Embedding` of `model` (found through any PEFT or accelerate
+    wrapper) sum the squares of what training-mode lookups return (eval mode adds nothing); `pop` returns
+    `weight * that sum / batch_rows` and starts the next sum. scope "table": `pop` returns `weight * the sum
+    of squares of every embedding table, all rows` each training step, whatever the batch looked up: what
+    DeepCTR's Keras `embeddings_regularizer=l2(...)` and DeepCTR-Torch's `add_regularization_weight` add.
 
     Example:
         >>> model = nn.Sequential(nn.Embedding(10, 4))
         >>> penalty = EmbeddingL2(model, weight=1e-3)
         >>> loss = model(torch.tensor([1, 2])).sum() + penalty.pop(batch_rows=2)
+        >>> whole = EmbeddingL2(model, 1e-3, "table")
+        >>> torch.equal(whole.pop(batch_rows=2), 1e-3 * model[0].weight.pow(2).sum())
+        True
     """
 
-    def __init__(self, model: nn.Module, weight: float) -> None:
-        self.weight, self.total = weight, 0.0
-        self.handles = [m.register_forward_hook(self._add) for m in model.modules() if isinstance(m, nn.Embedding)]
+    def __init__(self, model: nn.Module, weight: float, scope: str = "lookup") -> None:
+        if scope not in ("lookup", "table"):
+            raise ValueError(f"scope={scope!r} is not allowed; use 'lookup' (rows a batch looks up) or 'table'.")
+        self.weight, self.total, self.scope = weight, 0.0, scope
+        self.tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        self.handles = [m.register_forward_hook(self._add) for m in self.tables] if scope == "lookup" else []
 
     def _add(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if module.training:
             self.total = self.total + output.float().pow(2).sum()
 
     def pop(self, batch_rows: int) -> torch.Tensor:
-        """The penalty summed since the last call, `weight * sum / batch_rows`; starts a new sum."""
+        """The penalty of this step: `weight * sum / batch_rows` (lookup, then a new sum) or `weight * sum of
+        every table's squares` (table)."""
+        if self.scope == "table":
+            return self.weight * sum(m.weight.float().pow(2).sum() for m in self.tables)
         total, self.total = self.total, 0.0
         return self.weight * total / batch_rows
 

@@ -94,8 +94,9 @@ class DataConfig:
         "movielens: add the user's gender, age, occupation and zip and the item's first genre as features "
         "(the domain's own column left out); other sources refuse it (list columns in data.sparse instead)."))
     composition: str = _field("mixed", (
-        "Training batches: mixed, per_domain (one domain per batch, the paper's code) or sorted."),
-        choices=("mixed", "per_domain", "sorted"))
+        "Training batches: mixed, per_domain (one domain per batch, the paper's code), sorted, or sequential "
+        "(one domain per batch, a full pass over each domain before the next, domains in a random order each "
+        "epoch)."), choices=("mixed", "per_domain", "sorted", "sequential"))
     seed: int = _field(0, "Seed of the data (sampling, negatives) and its split.", COUNT)
 
 
@@ -145,7 +146,12 @@ class TrainSettings:
     embedding_l2: float = _field(0.0, (
         "L2 penalty on the id embeddings a batch looks up (DeepCTR's l2_reg_embedding): adds embedding_l2 * "
         "the sum of squared outputs of every nn.Embedding (a linear term's id weights too) / batch rows to "
-        "the training loss, which train/loss then includes (0: off)."), Range(0))
+        "the training loss, which train/loss then includes (0: off). train.embedding_l2_scope=table penalises "
+        "whole tables instead."), Range(0))
+    embedding_l2_scope: str = _field("lookup", (
+        "embedding_l2 on lookup (the rows a batch looks up, divided by batch rows) or table (every row of every "
+        "embedding table, each step, not divided: DeepCTR's Keras embeddings_regularizer and DeepCTR-Torch's "
+        "add_regularization_weight)."), choices=("lookup", "table"))
     batch_size: int = _field(1024, "Global batch size (split over processes).", POSITIVE_INT)
     gradient_accumulation_steps: int = _field(1, "Batches per optimiser step.", POSITIVE_INT)
     max_epochs: int = _field(20, "Epochs per stage at most.", POSITIVE_INT)

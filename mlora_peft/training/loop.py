@@ -166,7 +166,8 @@ def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
     optimizer = build.make_optimizer(model, cfg.train.lr)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["validation"], loaders["test"])
-    penalty = build.EmbeddingL2(model, cfg.train.embedding_l2) if cfg.train.embedding_l2 else None  # no hooks at 0
+    penalty = (build.EmbeddingL2(model, cfg.train.embedding_l2, cfg.train.embedding_l2_scope)
+               if cfg.train.embedding_l2 else None)  # no hooks at 0
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.gradient_accumulation_steps)  # optimiser steps
 
     # -- resume
