@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlora_peft.routed_linear import group_by_domain, routed_linear
+from mlora_peft.tuner.routed_linear import group_by_domain, routed_linear
 
 ROWS, FAN_IN, FAN_OUT, RANK, SCALING = 4096, 256, 128, 8, 2.0
 EVERY_LIMIT_BYTES = 64 * 2**20  # "every" is skipped when its (N, D, out) intermediate is larger

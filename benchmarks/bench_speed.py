@@ -26,7 +26,7 @@ from peft import get_peft_model
 from torch import nn
 
 import mlora_peft
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 from mlora_peft import models
 from mlora_peft.data import StreamingBatches, make_synthetic, stream_synthetic
 from mlora_peft.features import DenseFeature, SparseFeature

@@ -31,9 +31,9 @@ import mlora_peft
 from mlora_peft import layer as layer_module
 from mlora_peft import models
 from mlora_peft.features import DenseFeature, SparseFeature
-from mlora_peft.masked_linear import masked_linear
-from mlora_peft.routed_linear import routed_linear
-from mlora_peft.routing import make_routing
+from mlora_peft.tuner.masked_linear import masked_linear
+from mlora_peft.tuner.routed_linear import routed_linear
+from mlora_peft.tuner.routing import make_routing
 
 VOCAB = 10_000
 STEP_TARGETS = {10: 1.15}

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import torch
 
 from mlora_peft import data as data_lib
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 from mlora_peft import models
 from mlora_peft.data import MultiDomainData
 from mlora_peft.features import SparseFeature

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 
 from .figures import plot_data_set, plot_summary
 from .goals import Evidence, goals_section

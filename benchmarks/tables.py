@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from mlora_peft import models
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 
 from .goals import GOAL_STEP_BATCH
 from .records import Variant

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 from mlora_peft.features import DenseFeature, SequenceFeature, SparseFeature
 from mlora_peft.models import build_model, list_models, model_class, model_options, parameter_table
 from mlora_peft.models.registry import REQUIRED

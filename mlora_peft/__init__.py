@@ -2,14 +2,22 @@
 
 Importing the package registers the method with PEFT, so `peft.get_peft_model`,
 `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` know `MultiDomainLoraConfig`.
+
+Layout: `tuner/` (the PEFT method: config, layer, model, routing), `hub/` (saving, pushing and
+loading per domain), `models/` (the CTR zoo), `data/` (loading and batching), `training/` (the
+training library under `recipes/`), `export` (serving), `metrics`, `evaluation`,
+`trainer_utils`, `growth` (onboarding a new domain), `features`, `atomic` (safe writes).
 """
 
-from .config import MultiDomainLoraConfig
+from .tuner import (
+    MultiDomainLoraConfig,
+    MultiDomainLoraLayer,
+    MultiDomainLoraModel,
+    checkpoint_context_fn,
+    domain_context,
+    register,
+)
 from .hub import load_domains, load_encoder, load_json_text, push_to_hub, save_pretrained
-from .layer import MultiDomainLoraLayer
-from .model import MultiDomainLoraModel
-from .registration import register
-from .routing import checkpoint_context_fn, domain_context
 from . import models  # registers the zoo's CTRConfig / CTRModel with transformers' Auto classes
 
 register()

@@ -19,8 +19,8 @@ from peft import PeftModel
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram, ShapesCollection
 
-from .layer import MultiDomainLoraLayer
-from .routing import Routing, routed
+from .tuner.layer import MultiDomainLoraLayer
+from .tuner.routing import Routing, routed
 
 
 class RoutedForExport(nn.Module):

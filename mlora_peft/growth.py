@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .checkpoint import read_weights
-from .model import DomainFreeze
+from .hub.weights import read_weights
+from .tuner.model import DomainFreeze
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 ADDITIONS_FILE = "encoder_additions.json"

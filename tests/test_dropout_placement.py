@@ -9,7 +9,7 @@ import torch
 from peft import get_peft_model
 
 import mlora_peft
-import mlora_peft.layer
+import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.models import CTRConfig, CTRModel, DeepTower, OutputDropoutLinear, build_model, list_models
 from tests.reference import low_rank_reference, mlora_linear_reference
@@ -85,7 +85,7 @@ def test_training_values_and_gradients_match_the_reference_with_the_same_mask():
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_both_routing_paths_place_the_dropout_the_same_way(masked, monkeypatch):
-    monkeypatch.setattr(mlora_peft.layer, "uses_masked_path", lambda device, codes: masked)
+    monkeypatch.setattr(mlora_peft.tuner.layer, "uses_masked_path", lambda device, codes: masked)
     layer = adapter_layer(adapted_tower("base_output").train())
     x, ids = torch.randn(30, 6), torch.tensor([0, 2, 1] * 10)
     torch.manual_seed(5)

@@ -5,7 +5,7 @@ import torch
 from peft import get_peft_model
 
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
-from mlora_peft.routing import current_routing
+from mlora_peft.tuner.routing import current_routing
 from mlora_peft.export import RoutedForExport, export_merged, export_onnx, export_routed
 from mlora_peft.features import DenseFeature, SequenceFeature, SparseFeature
 from mlora_peft.models import build_model

@@ -16,9 +16,9 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 import mlora_peft
-import mlora_peft.hub as hub_module
+import mlora_peft.hub.save_load as hub_module
 from mlora_peft import MultiDomainLoraConfig, atomic
-from mlora_peft.config import DEFAULT_RANK_DIVISOR
+from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 from mlora_peft.data import MultiDomainEncoder
 from mlora_peft.features import features_from_json, features_to_json
 from mlora_peft.models import build_model

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import mlora_peft
-import mlora_peft.layer
+import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.models import DeepTower
-from mlora_peft.routing import current_routing
+from mlora_peft.tuner.routing import current_routing
 from tests.models import PlainMLP
 from tests.reference import model_reference
 
@@ -191,7 +191,7 @@ def test_compiled_fullgraph_forward_and_backward_equal_eager():
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("domain_bias", [True, False])
 def test_both_paths_match_the_per_row_reference(masked, dtype, domain_bias, monkeypatch):
-    monkeypatch.setattr(mlora_peft.layer, "uses_masked_path", lambda device, codes: masked)
+    monkeypatch.setattr(mlora_peft.tuner.layer, "uses_masked_path", lambda device, codes: masked)
     torch.manual_seed(0)
     model = adapted_mlp(train_base=True, domain_bias=domain_bias, lora_alpha=3.0)
     reference_base = copy.deepcopy(model.base_model.model)
@@ -208,7 +208,7 @@ def test_both_paths_match_the_per_row_reference(masked, dtype, domain_bias, monk
 
 
 def test_masked_path_keeps_a_broken_domain_out_of_the_other_rows(monkeypatch):
-    monkeypatch.setattr(mlora_peft.layer, "uses_masked_path", lambda device, codes: True)
+    monkeypatch.setattr(mlora_peft.tuner.layer, "uses_masked_path", lambda device, codes: True)
     model = adapted_mlp()
     layer = next(m for m in model.modules() if isinstance(m, MultiDomainLoraLayer))
     with torch.no_grad():

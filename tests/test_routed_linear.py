@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mlora_peft.masked_linear import masked_linear
-from mlora_peft.routed_linear import group_by_domain, routed_linear
-from mlora_peft.routing import Routing
+from mlora_peft.tuner.masked_linear import masked_linear
+from mlora_peft.tuner.routed_linear import group_by_domain, routed_linear
+from mlora_peft.tuner.routing import Routing
 from tests.reference import low_rank_reference, mlora_linear_reference
 
 CASES = [  # (rows, in, out, rank, domains, ids pattern)

@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from ..routing import make_routing
+from ..tuner.routing import make_routing
 from .tower import check_count, check_dropout
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 from torch import nn
 
-from ..config import MultiDomainLoraConfig
+from ..tuner.config import MultiDomainLoraConfig
 from ..features import Feature
 from .registry import build_model, list_models
 

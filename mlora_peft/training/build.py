@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import data as data_lib
 from .. import models
-from ..config import MultiDomainLoraConfig
+from ..tuner.config import MultiDomainLoraConfig
 from ..data import MultiDomainData, MultiDomainEncoder
 from ..data.table_encoder import DOMAIN_COLUMN
 from ..features import Feature, SparseFeature

@@ -38,7 +38,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..checkpoint import read_weights
+from ..hub.weights import read_weights
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"

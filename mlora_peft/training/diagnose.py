@@ -33,7 +33,7 @@ from accelerate import PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import read_weights
+from ..hub.weights import read_weights
 from ..data import MultiDomainData
 from ..data.batching import make_loader
 from ..data.columns import as_table

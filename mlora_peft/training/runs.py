@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 
-from ..checkpoint import read_config, read_weights
+from ..hub.weights import read_config, read_weights
 from ..data import ENCODER_FILE, MultiDomainData, MultiDomainEncoder
 from ..data.table_encoder import DOMAIN_COLUMN
 from ..evaluation import evaluate

@@ -22,7 +22,7 @@ class MultiDomainLoraModel(BaseTuner):
     """Adds one low-rank adapter per domain to the linear layers of any `nn.Module`.
 
     Built by `peft.get_peft_model(model, MultiDomainLoraConfig(...))` once `mlora_peft` is
-    imported. Calls route each row to its domain's adapter (see `mlora_peft.routing`).
+    imported. Calls route each row to its domain's adapter (see `mlora_peft.tuner.routing`).
 
     Example:
         >>> import torch, mlora_peft

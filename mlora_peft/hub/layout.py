@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .config import MultiDomainLoraConfig
+from ..tuner.config import MultiDomainLoraConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

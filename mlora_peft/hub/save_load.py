@@ -35,11 +35,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .atomic import check_replaceable, extra_json_files, write_atomically
-from .checkpoint import KEY_PREFIX, check_fits, combine_domains, read_config, read_weights
-from .config import MultiDomainLoraConfig
-from .growth import DomainAdditions, append_rows, compose
-from .hub_reading import (
+from ..atomic import check_replaceable, extra_json_files, write_atomically
+from .weights import KEY_PREFIX, check_fits, combine_domains, read_config, read_weights
+from ..tuner.config import MultiDomainLoraConfig
+from ..growth import DomainAdditions, append_rows, compose
+from .reading import (
     _check_known,
     _domain_folder,
     _fetch,
@@ -58,7 +58,7 @@ from .layout import (  # noqa: F401  (re-exported: the layout's names were first
     domain_folders,
     domain_labels,
 )
-from .model import _is_adapter_key
+from ..tuner.model import _is_adapter_key
 from .model_card import model_card
 
 def save_pretrained(
@@ -324,7 +324,7 @@ def load_encoder(
     Example:
         >>> encoder = mlora_peft.load_encoder("team/ctr-mlora", domains=["Office_Products"])  # doctest: +SKIP
     """
-    from .data import MultiDomainEncoder  # the data package imports datasets: only when asked
+    from ..data import MultiDomainEncoder  # the data package imports datasets: only when asked
 
     encoder = MultiDomainEncoder.from_json(load_json_text(repo_id_or_path, "data_encoder", revision=revision, api=api,
                                                           cache_dir=cache_dir))

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from huggingface_hub import ModelCardData
 
-from .config import DEFAULT_RANK_DIVISOR, MultiDomainLoraConfig
+from ..tuner.config import DEFAULT_RANK_DIVISOR, MultiDomainLoraConfig
 
 TAGS = ["peft", "mlora", "multi-domain-lora", "ctr-prediction", "recommendation"]
 

@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .config import PEFT_TYPE, MultiDomainLoraConfig
-from .model import _is_adapter_key
+from ..tuner.config import PEFT_TYPE, MultiDomainLoraConfig
+from ..tuner.model import _is_adapter_key
 
 KEY_PREFIX = "base_model.model."
 CONFIG_FIELDS = frozenset(f.name for f in fields(MultiDomainLoraConfig))

@@ -11,10 +11,10 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from torch import Tensor
 
-from .checkpoint import read_config
-from .config import MultiDomainLoraConfig
+from .weights import read_config
+from ..tuner.config import MultiDomainLoraConfig
 from .layout import CONFIG_NAME, DOMAINS_DIR, WEIGHTS_NAME, domain_folder, domain_labels
-from .model import _is_adapter_key
+from ..tuner.model import _is_adapter_key
 
 
 def _requested(domains: Optional[Sequence[str]], merge: bool) -> Optional[list[str]]:

@@ -3,7 +3,7 @@
 Each adapter's domains are stacked in one tensor per role: `mdlora_A[name]` is `(D, r, in)`,
 `mdlora_B[name]` is `(D, out, r)` and `mdlora_bias[name]` is `(D, out)`. The layer never looks
 at the batch and keeps nothing of a call: it reads the routing of the call it runs in
-(`mlora_peft.routing.current_routing`), so threads, asyncio tasks and checkpoint recomputes can
+(`mlora_peft.tuner.routing.current_routing`), so threads, asyncio tasks and checkpoint recomputes can
 share one layer.
 """
 
@@ -38,7 +38,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
     Example:
         >>> import torch, mlora_peft
         >>> from mlora_peft import MultiDomainLoraConfig
-        >>> from mlora_peft.layer import MultiDomainLoraLayer
+        >>> from mlora_peft.tuner.layer import MultiDomainLoraLayer
         >>> layer = MultiDomainLoraLayer(torch.nn.Linear(4, 2), "default", MultiDomainLoraConfig(num_domains=3, r=2))
         >>> with mlora_peft.domain_context(torch.tensor([0, 2, 1])):
         ...     layer(torch.randn(3, 4)).shape
