@@ -3,7 +3,7 @@
 An encoded table has one int64 column per sparse feature, one float32 column (or fixed-size
 list for `dim > 1`) per dense feature, the int64 `domain_id` and, when the raw rows carry the
 label column, the float32 `label`. Saving writes `data_encoder.json` next to the adapters; loading
-it in another process encodes new raw rows identically. JSON only: nothing is pickled.
+it in another process encodes new raw rows identically. JSON only: no file can run code.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading saved adapters strictly: JSON configs, safetensors weights, and their fit to a base model.
 
 Every load path of `mlora_peft.hub` goes through these functions: configs are plain JSON whose
-fields must all be known, weights are safetensors (nothing is unpickled), and the adapter's layers, shapes
+fields must all be known, weights are safetensors (no file can run code), and the adapter's layers, shapes
 and ranks are checked against the base model before any weight is loaded.
 """
 

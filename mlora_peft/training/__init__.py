@@ -8,7 +8,7 @@
 - `config`: `TrainConfig` and its sections, `load_config` (YAML + dotted overrides), `check_config`;
 - `build`: `load_data`, `build_model`, `make_optimizer`, `make_accelerator`, `EmbeddingL2`;
 - `loop`: `train` (one model into one folder), `run` (the recipe), stages, schedules, early stopping;
-- `checkpoint`: safetensors + JSON checkpoints (nothing pickled), resume with fallback;
+- `checkpoint`: safetensors + JSON checkpoints (no executable formats), resume with fallback;
 - `run_dir`: one run per output folder; `runs`: reading a finished run back (`rebuild_model`, `evaluate_run`);
 - `onboard`: a new domain onto a trained run (`recipes/add_domain.py`): grow, train only what is new, ship it;
 - `diagnose`: the headroom diagnostic (`recipes/diagnose.py`): popularity, shared, per-domain fine-tuned

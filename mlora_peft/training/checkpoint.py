@@ -1,8 +1,8 @@
-"""Checkpoints as safetensors + JSON, written and read by our own small functions: nothing is pickled.
+"""Checkpoints as safetensors + JSON, written and read by our own small functions: no executable formats.
 
-accelerate's `save_state` writes optimiser, RNG and registered custom state with `torch.save`, and
-`load_state` reads registered state with full unpickling, so a checkpoint folder from someone else
-could run code on resume. Here a checkpoint folder `checkpoints/step_<N>/` holds:
+accelerate's `save_state` writes optimiser, RNG and registered custom state in torch's own format,
+and `load_state` reads registered state back in a mode that can run code stored in the file, so a
+checkpoint folder from someone else could run code on resume. Here a checkpoint folder `checkpoints/step_<N>/` holds:
 
 - `model.safetensors`, `best_weights.safetensors`: the model and the best epoch's weights;
 - `optimizer.safetensors` + `optimizer.json`: the optimiser's tensors and the rest of its state
@@ -271,7 +271,7 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, model: nn.Module, op
                     config: dict) -> TrainingState:
     """Read a checkpoint folder completely, check it, then load it into `model`, `optimizer` and the RNGs.
 
-    Only JSON and safetensors files named in its manifest are read; nothing is unpickled.
+    Only JSON and safetensors files named in its manifest are read; no file can run code.
 
     Raises:
         CheckpointError: a file is missing, truncated or corrupt, or the folder is not one of ours.
