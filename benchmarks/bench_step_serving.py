@@ -28,7 +28,7 @@ from peft import get_peft_model
 from torch import nn
 
 import mlora_peft
-from mlora_peft import layer as layer_module
+from mlora_peft.tuner import layer as layer_module
 from mlora_peft import models
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear

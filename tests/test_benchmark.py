@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.goals import GOALS, Evidence, evaluate_goals, goals_section
 from benchmarks.records import DataSpec, RunRecord, Variant
@@ -282,3 +283,16 @@ def test_synthetic_goals_judge_the_joint_config_chosen_on_validation_not_on_test
     slow = Variant("mlp", "joint", option="adapter_lr_0.1")
     variants[slow] = _runs(spec, slow, 0.705, 0.75)
     assert best_joint(variants, "mlp") == slow
+
+
+def test_step_and_serving_benchmark_compares_equal_models():
+    """bench_step_serving times MLoRA against the same DeepFM: fresh adapters leave the outputs unchanged."""
+    from benchmarks.bench_step_serving import deepfm_pair, make_batch
+
+    plain, adapted = deepfm_pair(10, "cpu")
+    batch = make_batch(64, 10, "cpu")
+    plain.eval(), adapted.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(adapted(batch), plain(batch))
+        one_domain = make_batch(64, 10, "cpu", one_domain=True)
+        torch.testing.assert_close(adapted(one_domain), plain(one_domain))
