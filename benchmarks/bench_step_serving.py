@@ -70,10 +70,11 @@ def _sync(device: str) -> None:
 # ------------------------------------------------------------------------------------------- models
 def deepfm_pair(num_domains: int, device: str) -> tuple[nn.Module, nn.Module]:
     """The plain DeepFM and an MLoRA-adapted copy of it (joint training), both on `device`."""
-    torch.manual_seed(0)
     features = [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
                 SparseFeature("domain_id", num_domains)]
+    torch.manual_seed(0)
     plain = models.build_model("deepfm", features).to(device)
+    torch.manual_seed(0)  # the same base weights: the two models differ by the adapters only
     config = mlora_peft.MultiDomainLoraConfig(domain_names=[f"d{i}" for i in range(num_domains)], train_base=True)
     adapted = get_peft_model(models.build_model("deepfm", features), config).to(device)
     return plain, adapted
