@@ -226,7 +226,7 @@ def test_one_domain_inference_follows_weight_updates():
     for _ in range(2):
         model.eval()
         with torch.inference_mode():
-            served = model(x, domain_ids=2)  # from the merged-weight cache
+            served = model(x, domain_ids=2)  # the merged-weight path
         torch.testing.assert_close(served, model(x, domain_ids=torch.full((7,), 2)).detach())
         model.train()
         model(x, domain_ids=torch.tensor([2, 1, 2, 0, 3, 2, 1])).sum().backward()
@@ -238,6 +238,9 @@ def test_one_domain_inference_follows_weight_updates():
         model.load_state_dict({k: v + 0.1 for k, v in model.state_dict().items()})
         torch.testing.assert_close(model(x, domain_ids=1), model(x, domain_ids=torch.full((7,), 1)))
         assert not torch.equal(before, model(x, domain_ids=1))
+        layer = next(m for m in model.modules() if isinstance(m, MultiDomainLoraLayer))
+        layer.mdlora_B["default"].data.add_(1.0)  # a write through .data bumps no version counter
+        torch.testing.assert_close(model(x, domain_ids=1), model(x, domain_ids=torch.full((7,), 1)))
 
 
 def test_a_call_walks_no_modules(monkeypatch):
@@ -252,3 +255,17 @@ def test_a_call_walks_no_modules(monkeypatch):
     with torch.inference_mode():
         model(x, domain_ids=2)
     assert walks == []
+
+
+@pytest.mark.parametrize("rows", [6, 40])  # blocks one per domain (merged weights) and capped blocks
+def test_mixed_inference_equals_the_routed_training_path(rows):
+    from tests.models import NestedModel
+
+    for base in (PlainMLP(), NestedModel()):
+        model = get_peft_model(base, MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False)).eval()
+        inputs = type(base).example_inputs(rows, torch.Generator().manual_seed(rows))
+        ids = torch.arange(rows) % DOMAINS if rows < 40 else torch.tensor([0] * 30 + [1, 2, 3] * 3 + [3])
+        routed = model(inputs, domain_ids=ids)  # gradients enabled: the training paths
+        with torch.inference_mode():
+            served = model(inputs, domain_ids=ids)
+        torch.testing.assert_close(served, routed.detach(), rtol=1e-5, atol=1e-6)

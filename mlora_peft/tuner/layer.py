@@ -24,9 +24,6 @@ from .masked_linear import MASKED_MAX_CODES, masked_linear
 from .routed_linear import routed_linear
 from .routing import Routing, context_routing, current_routing
 
-MERGED_CACHE_SIZE = 32
-"""Per layer, how many one-domain merged weights (`W + s B_d A_d`, `b + b_d`) inference keeps."""
-
 
 class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
     """Wraps an `nn.Linear`; computes `W x + b + scaling * B_d A_d dropout(x) + b_d` for domain d.
@@ -67,7 +64,6 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         self.merged_domain: Optional[int] = None
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._merged_cache: dict = {}  # (adapter, domain, dtype, device) -> (sources, stamp, weight, bias)
         self._created_bias = False
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
@@ -130,8 +126,8 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
             device = x.device  # serving one domain: its merged weights, no ids needed
             dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-            weight, bias = self._merged_weights(name, routing.single_domain, dtype, device)
-            out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): what the plain layer costs
+            weight, bias = self._merged_weights(name, routing.single_domain, dtype)
+            out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): the plain layer's cost, plus two small ops
         else:
             if flat.shape[0] != routing.num_rows:
                 routing = routing.repeated(flat.shape[0])
@@ -204,31 +200,19 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
                                  routing.off_domain(A.shape[0]), scaling, adapter_input)
         return routed_linear(x, weight, bias, A, B, domain_bias, routing.segments(), scaling, adapter_input)
 
-    def _merged_weights(self, name: str, domain: int, dtype: torch.dtype, device: torch.device
-                        ) -> tuple[Tensor, Optional[Tensor]]:
-        """`W + s B_d A_d` and `b + b_d` of one domain, from a small cache checked against every source tensor.
+    def _merged_weights(self, name: str, domain: int, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+        """`W + s B_d A_d` (`(out, in)`) and `b + b_d` (`(out,)`) of one domain, computed for this call.
 
-        An entry is used only while each source is the same tensor with the same storage and version
-        counter (an optimiser step or `load_state_dict` bumps the version; assigning `.data`, as a
-        merge does, changes the storage), so it never serves stale weights. The cache holds derived weights, never a call's inputs, so threads may share it.
+        Two small operations; nothing is cached, so an update of any weight (an optimiser step,
+        fused or not, or a write through `.data`) is always seen.
         """
         base = self.base_layer
-        sources = (base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name))
-        stamp = tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in sources)
-        key = (name, domain, dtype, device)
-        entry = self._merged_cache.get(key)
-        if entry is not None and entry[1] == stamp:  # the entry holds its sources, so their ids stay theirs
-            return entry[2], entry[3]
-        with torch.inference_mode(False), torch.no_grad():
-            delta, domain_bias = self.delta_weight(name, domain)
-            weight = (base.weight.float() + delta).to(device=device, dtype=dtype)  # (out, in)
-            bias = base.bias.float() if base.bias is not None else None
-            if domain_bias is not None:
-                bias = domain_bias.float() if bias is None else bias + domain_bias.float()
-            bias = None if bias is None else bias.to(device=device, dtype=dtype)  # (out,)
-        if len(self._merged_cache) >= MERGED_CACHE_SIZE:
-            self._merged_cache.clear()
-        self._merged_cache[key] = (sources, stamp, weight, bias)
+        A, B = self.mdlora_A[name][domain], self.mdlora_B[name][domain]  # (r, in), (out, r)
+        weight = torch.addmm(_cast(base.weight, dtype), _cast(B, dtype), _cast(A, dtype), alpha=self.scaling[name])
+        bias = _cast(base.bias, dtype)
+        if name in self.mdlora_bias:
+            domain_bias = _cast(self.mdlora_bias[name][domain], dtype)
+            bias = domain_bias if bias is None else bias + domain_bias
         return weight, bias
 
     def _active_output_dropout(self) -> Optional[nn.Dropout]:
@@ -338,3 +322,4 @@ def uses_masked_path(device: torch.device, codes: int) -> bool:
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or device.type != "cpu":
         return True
     return codes <= MASKED_MAX_CODES
+
