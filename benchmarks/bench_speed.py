@@ -58,7 +58,8 @@ def _step_features(num_domains: int) -> list:
             SparseFeature("domain_id", num_domains)]
 
 
-def _adam_step(model: nn.Module, batch: dict) -> Callable[[], None]:
+def adam_step(model: nn.Module, batch: dict) -> Callable[[], None]:
+    """One forward, backward and Adam update of `model` on `batch`, as a callable."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
 
@@ -80,31 +81,33 @@ def step_ratio(name: str, num_domains: int, rounds: int, steps: int, device: str
              "price": torch.rand(rows), "domain_id": torch.randint(0, num_domains, (rows,)),
              "label": (torch.rand(rows) < 0.2).float()}
     batch = {k: v.to(device) for k, v in batch.items()}
-    plain = _adam_step(models.build_model(name, features).to(device), batch)
+    plain = adam_step(models.build_model(name, features).to(device), batch)
     config = mlora_peft.MultiDomainLoraConfig(domain_names=[f"d{i}" for i in range(num_domains)],
                                               rank_divisor=DEFAULT_RANK_DIVISOR,
                                               train_base=True)
-    adapted = _adam_step(get_peft_model(models.build_model(name, features), config).to(device), batch)
+    adapted = adam_step(get_peft_model(models.build_model(name, features), config).to(device), batch)
     for run in (plain, adapted):
         run(), run()  # warm up
     ratios, best = [], float("inf")
     for _ in range(rounds):
-        plain_s = _seconds(plain, steps, device)
-        ratios.append(_seconds(adapted, steps, device) / plain_s)
+        plain_s = seconds_per_call(plain, steps, device)
+        ratios.append(seconds_per_call(adapted, steps, device) / plain_s)
         best = min(best, plain_s)
     return best * 1e3, statistics.median(ratios)
 
 
-def _seconds(run: Callable[[], None], calls: int, device: str = "cpu") -> float:
-    _sync(device)
+def seconds_per_call(run: Callable[[], None], calls: int, device: str = "cpu") -> float:
+    """Seconds per call of `run`, over `calls` calls, waiting for the device before and after."""
+    sync(device)
     start = time.perf_counter()
     for _ in range(calls):
         run()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / calls
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for a CUDA device to finish its queued work (nothing to do on the CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -173,7 +176,7 @@ def scale_child(rows: int, out: Path, device: str = "cpu", num_domains: int = 10
         optimizer.zero_grad()
         losses.append(loss.detach())
         seen += len(batch["label"])
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     out.write_text(json.dumps({

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 import mlora_peft
 from mlora_peft.tuner import layer as layer_module
 from mlora_peft import models
+from benchmarks.bench_speed import adam_step, seconds_per_call
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear
 from mlora_peft.tuner.routed_linear import routed_linear
@@ -47,24 +47,10 @@ def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: 
         fn(), fn()  # warm up
     ratios, best = [], float("inf")
     for _ in range(rounds):
-        base_s = _seconds(baseline, calls, device)
-        ratios.append(_seconds(run, calls, device) / base_s)
+        base_s = seconds_per_call(baseline, calls, device)
+        ratios.append(seconds_per_call(run, calls, device) / base_s)
         best = min(best, base_s)
     return best * 1e3, statistics.median(ratios)
-
-
-def _seconds(fn: Callable[[], None], calls: int, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / calls
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -85,18 +71,6 @@ def make_batch(rows: int, num_domains: int, device: str, one_domain: bool = Fals
     batch = {"user": torch.randint(0, VOCAB, (rows,)), "item": torch.randint(0, VOCAB, (rows,)),
              "price": torch.rand(rows), "domain_id": domains, "label": (torch.rand(rows) < 0.2).float()}
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def adam_step(model: nn.Module, batch: dict) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.BCEWithLogitsLoss()
-
-    def step() -> None:
-        loss_fn(model(batch), batch["label"]).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    return step
 
 
 def served(model: nn.Module, batch: dict) -> Callable[[], None]:
