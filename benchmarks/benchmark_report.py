@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -31,6 +32,30 @@ DIAGNOSTIC_NOTE = (
     "model on each domain (the most a per-domain module could reach) and compares it, and MLoRA, with the shared "
     "model and a popularity baseline (`mlora_peft.training.diagnose`).")
 """A pointer to the headroom diagnostic, near the top of the page."""
+
+
+LOCAL_PATH_OPTIONS = ("--cache", "--page", "--out", "--data-root")
+"""Options that only name folders of the machine that ran a command."""
+
+
+def public_command(command: str) -> str:
+    """`command` as the page shows it: a local-path option (`LOCAL_PATH_OPTIONS`) with an absolute
+    value is left out, since it names a folder of the machine that ran it, never the reader's.
+
+    Example:
+        >>> public_command("python -m benchmarks.benchmark --seeds 0,1 --cache /srv/cache --page=/srv/page.md")
+        'python -m benchmarks.benchmark --seeds 0,1'
+    """
+    words, kept, index = shlex.split(command), [], 0
+    while index < len(words):
+        option, equals, inline = words[index].partition("=")
+        value = inline if equals else (words[index + 1] if index + 1 < len(words) else "")
+        if option in LOCAL_PATH_OPTIONS and value.startswith("/"):
+            index += 1 if equals else 2  # the option and its value
+            continue
+        kept.append(words[index])
+        index += 1
+    return shlex.join(kept)
 
 
 def write_page(cache: Path, page: Path) -> Path:
@@ -55,7 +80,7 @@ def write_page(cache: Path, page: Path) -> Path:
         "(runs went in parallel, on this machine and on a GPU machine where the commands say so).", "",
         DIAGNOSTIC_NOTE, "",
         "Commands that filled the cache:", "",
-        *[f"- `{c['command']}` ({c['date']}, {c['threads']} torch thread(s), on {c.get('where', 'this machine')})"
+        *[f"- `{public_command(c['command'])}` ({c['date']}, {c['threads']} torch thread(s), on {c.get('where', 'this machine')})"
           for c in commands], "",
         "## Scope of this page", "",
         *scope(summaries), "",

@@ -296,3 +296,12 @@ def test_step_and_serving_benchmark_compares_equal_models():
         torch.testing.assert_close(adapted(batch), plain(batch))
         one_domain = make_batch(64, 10, "cpu", one_domain=True)
         torch.testing.assert_close(adapted(one_domain), plain(one_domain))
+
+
+def test_the_page_shows_commands_without_the_folders_of_the_machine_that_ran_them():
+    from benchmarks.benchmark_report import public_command
+
+    command = ("python -m benchmarks.benchmark --speed skip --page /srv/p.md --data ml100k --cache=/srv/cache "
+               "--out runs/benchmark/speed --seeds 0,1")
+    assert public_command(command) == ("python -m benchmarks.benchmark --speed skip --data ml100k "
+                                       "--out runs/benchmark/speed --seeds 0,1")
