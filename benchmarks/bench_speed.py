@@ -86,13 +86,22 @@ def step_ratio(name: str, num_domains: int, rounds: int, steps: int, device: str
                                               rank_divisor=DEFAULT_RANK_DIVISOR,
                                               train_base=True)
     adapted = adam_step(get_peft_model(models.build_model(name, features), config).to(device), batch)
-    for run in (plain, adapted):
-        run(), run()  # warm up
+    return paired_ratio(plain, adapted, rounds, steps, device)
+
+
+def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
+                 device: str = "cpu") -> tuple[float, float]:
+    """Best baseline milliseconds per call and the median of `run / baseline` over paired rounds.
+
+    Each round times the baseline just before the run, which cancels load that comes and goes.
+    """
+    for fn in (baseline, run):
+        fn(), fn()  # warm up
     ratios, best = [], float("inf")
     for _ in range(rounds):
-        plain_s = seconds_per_call(plain, steps, device)
-        ratios.append(seconds_per_call(adapted, steps, device) / plain_s)
-        best = min(best, plain_s)
+        base_s = seconds_per_call(baseline, calls, device)
+        ratios.append(seconds_per_call(run, calls, device) / base_s)
+        best = min(best, base_s)
     return best * 1e3, statistics.median(ratios)
 
 

@@ -19,7 +19,6 @@ reported, which cancels load that comes and goes on a shared machine):
 from __future__ import annotations
 
 import argparse
-import statistics
 from typing import Callable
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 import mlora_peft
 from mlora_peft.tuner import layer as layer_module
 from mlora_peft import models
-from benchmarks.bench_speed import adam_step, seconds_per_call
+from benchmarks.bench_speed import adam_step, paired_ratio
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear
 from mlora_peft.tuner.routed_linear import routed_linear
@@ -38,19 +37,6 @@ from mlora_peft.tuner.routing import make_routing
 VOCAB = 10_000
 STEP_TARGETS = {10: 1.15}
 SERVING_TARGETS = {"one domain, 256 rows": 1.2, "mixed, 256 rows": 1.5, "mixed, 4,096 rows": 1.3}
-
-
-def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
-                 device: str) -> tuple[float, float]:
-    """Best baseline milliseconds per call and the median of `run / baseline` over paired rounds."""
-    for fn in (baseline, run):
-        fn(), fn()  # warm up
-    ratios, best = [], float("inf")
-    for _ in range(rounds):
-        base_s = seconds_per_call(baseline, calls, device)
-        ratios.append(seconds_per_call(run, calls, device) / base_s)
-        best = min(best, base_s)
-    return best * 1e3, statistics.median(ratios)
 
 
 # ------------------------------------------------------------------------------------------- models

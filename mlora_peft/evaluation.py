@@ -105,6 +105,13 @@ def plot_report(report: dict, path: Path, baseline: Optional[dict] = None, title
     for ax in axes[0]:
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure to `path` through a temporary file (never half-written), then close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -333,9 +333,9 @@ def load_latest_checkpoint(accelerator: Accelerator, out_dir: Path, model: nn.Mo
 
 def refuse_changed_config(saved: dict, current: dict, folder: Path) -> None:
     """Raise a `ValueError` naming the data, model and mlora keys whose values differ between the two configs."""
-    differing = [f"{key} ({_flat(saved).get(key)!r} in the checkpoint, {_flat(current).get(key)!r} now)"
-                 for key in sorted(set(_flat(saved)) | set(_flat(current)))
-                 if key.split(".")[0] in COMPARED_SECTIONS and _flat(saved).get(key) != _flat(current).get(key)]
+    differing = [f"{key} ({flatten(saved).get(key)!r} in the checkpoint, {flatten(current).get(key)!r} now)"
+                 for key in sorted(set(flatten(saved)) | set(flatten(current)))
+                 if key.split(".")[0] in COMPARED_SECTIONS and flatten(saved).get(key) != flatten(current).get(key)]
     if differing:
         raise ValueError(f"train.resume=true refused: {folder} was written with other settings: "
                          f"{'; '.join(differing)}. Resume with the checkpoint's settings, or start a new run "
@@ -361,11 +361,12 @@ def _run_id(folder: Path) -> Optional[str]:
         return None
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
+def flatten(values: dict, separator: str = ".", prefix: str = "") -> dict:
+    """Nested dicts as one dict keyed by joined paths: `{"a": {"b": 1}}` -> `{"a.b": 1}`."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, separator, f"{prefix}{key}{separator}"))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -37,7 +37,7 @@ from ..hub.weights import read_weights
 from ..data import MultiDomainData
 from ..data.batching import make_loader
 from ..data.columns import as_table
-from ..evaluation import logits_of
+from ..evaluation import logits_of, save_figure
 from ..features import SparseFeature
 from ..metrics import domain_report, roc_auc
 from . import build
@@ -389,10 +389,7 @@ def plot_diagnosis(diagnosis: Diagnosis, path: Path) -> None:
     for ax in (left, right):
         ax.set_xticks(x, names, rotation=45, ha="right")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def _best_validation(run_dir: Path, cfg: TrainConfig) -> Optional[float]:

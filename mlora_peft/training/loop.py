@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from torch import nn
@@ -26,7 +26,7 @@ from ..features import features_to_json
 from ..hub import push_to_hub, save_pretrained
 from ..metrics import domain_report
 from . import build
-from .checkpoint import TrainingState, load_latest_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import TrainingState, flatten, load_latest_checkpoint, save_checkpoint, write_json_atomic
 from .config import TrainConfig, TrainSettings
 from .run_dir import LogFile, prepare_output_dir
 
@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
     resolved = dataclasses.asdict(cfg)
     if accelerator.is_main_process:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    accelerator.init_trackers("mlora", config=_flat(resolved))
+    accelerator.init_trackers("mlora", config=_tracker_values(resolved))
 
     # -- data
     if data is None:
@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, out_dir: Optional[Union[str, Path]] = None,
                "distributed_type": accelerator.distributed_type.value, "kept_shared_model": kept_shared,
                "params": {"backbone": sum(p.numel() for p in unwrapped.parameters()) - adapters,
                           "adapters": adapters}}
-    accelerator.log({f"test/{k}": v for k, v in _flat(report).items() if isinstance(v, float)}, step=state.global_step)
+    accelerator.log({f"test/{k}": v for k, v in _tracker_values(report).items() if isinstance(v, float)}, step=state.global_step)
     if accelerator.is_main_process:
         _save_model(cfg, unwrapped, weights, data, report, out_dir)
         save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(out_dir / "test_predictions.safetensors"))
@@ -284,14 +284,9 @@ def _save_model(cfg: TrainConfig, unwrapped: nn.Module, weights: dict, data: Mul
     (out_dir / "feature_spec.json").write_text(extra["feature_spec"])
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+def _tracker_values(values: dict) -> dict:
+    """Nested values as trackers take them: one level, keys joined by "/", non-scalars as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(values, "/").items()}
 
 
 def _fmt(value: Optional[float]) -> str:

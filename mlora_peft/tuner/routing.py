@@ -72,13 +72,6 @@ class Routing:
             self._derived[key] = (self.domain_ids.unsqueeze(1) != domains).unsqueeze(2)  # (N, D, 1)
         return self._derived[key]
 
-    def one_hot(self, num_domains: int, dtype: torch.dtype) -> Tensor:
-        """`(N, D)` one-hot rows in `dtype` (the masked path's weight gradients use it)."""
-        key = ("one_hot", num_domains, dtype)
-        if key not in self._derived:
-            self._derived[key] = (~self.off_domain(num_domains).squeeze(2)).to(dtype)  # (N, D)
-        return self._derived[key]
-
     def on(self, device: torch.device) -> "Routing":
         """This routing with its ids on `device` (the layer's input may sit on another device)."""
         if self.domain_ids.device == device:
