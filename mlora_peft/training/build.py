@@ -18,7 +18,7 @@ from ..tuner.config import MultiDomainLoraConfig
 from ..data import MultiDomainData, MultiDomainEncoder
 from ..data.table_encoder import DOMAIN_COLUMN
 from ..features import Feature, SparseFeature
-from .config import TrainConfig
+from .config import TrainConfig, rank_divisor_of
 
 BUILT_IN_SOURCES = ("synthetic", "movielens", "amazon")
 
@@ -86,7 +86,7 @@ def build_model(cfg: TrainConfig, data: MultiDomainData) -> nn.Module:
     if cfg.mlora.mode == "none":
         return model
     adapter = MultiDomainLoraConfig(domain_names=list(data.domain_names), r=cfg.mlora.r,
-                                    rank_divisor=cfg.mlora.rank_divisor, lora_dropout=cfg.mlora.dropout,
+                                    rank_divisor=rank_divisor_of(cfg), lora_dropout=cfg.mlora.dropout,
                                     domain_bias=cfg.mlora.domain_bias, train_base=True)
     return get_peft_model(model, adapter)
 

@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .presets import PRESETS, preset_rank_divisor
+
 
 @dataclass(frozen=True)
 class Range:
@@ -119,6 +121,10 @@ class MloraSettings:
     mode: str = _field("joint", "joint, two_stage or none.", choices=("joint", "two_stage", "none"))
     r: Optional[int] = _field(None, "Fixed adapter rank (None: use rank_divisor).", POSITIVE_INT)
     rank_divisor: Optional[int] = _field(64, "Rank = max(width // rank_divisor, 1).", POSITIVE_INT)
+    rank_divisor_preset: str = _field("none", (
+        "Use the paper's own rank divisor for this backbone instead of rank_divisor: paper (the paper's data set "
+        "that data.source stands for: amazon, movielens or taobao), or amazon6, movielens, taobao10 by name; "
+        "none keeps rank_divisor (see mlora_peft/training/presets.py)."), choices=PRESETS)
     dropout: float = _field(0.0, "Dropout on the adapters' input (MultiDomainLoraConfig.lora_dropout).", PROBABILITY)
     domain_bias: bool = _field(True, "Learn a bias per domain beside the low-rank term (b_d).")
     lr_ratio: float = _field(1.0, (
@@ -289,9 +295,21 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.user_fraction != 1.0 and cfg.data.source != "amazon":
         raise ValueError(f"data.user_fraction={cfg.data.user_fraction:g} needs data.source=amazon, not "
                          f"{cfg.data.source!r}; set data.user_fraction=1.")
-    if cfg.mlora.r is None and cfg.mlora.rank_divisor is None:
+    if cfg.mlora.r is None and cfg.mlora.rank_divisor is None and cfg.mlora.rank_divisor_preset == "none":
         raise ValueError("mlora.r and mlora.rank_divisor are both null; set one, e.g. mlora.rank_divisor=64.")
+    if cfg.mlora.rank_divisor_preset != "none":
+        if cfg.mlora.r is not None:
+            raise ValueError(f"mlora.r={cfg.mlora.r} and mlora.rank_divisor_preset={cfg.mlora.rank_divisor_preset} "
+                             "both set the rank; set mlora.r=null or mlora.rank_divisor_preset=none.")
+        if cfg.mlora.mode != "none":
+            preset_rank_divisor(cfg.mlora.rank_divisor_preset, cfg.model.name, cfg.data.source)
     return cfg
+
+
+def rank_divisor_of(cfg: TrainConfig) -> Optional[int]:
+    """The rank divisor the adapters use: the preset's (`mlora.rank_divisor_preset`), else `mlora.rank_divisor`."""
+    preset = preset_rank_divisor(cfg.mlora.rank_divisor_preset, cfg.model.name, cfg.data.source)
+    return cfg.mlora.rank_divisor if preset is None else preset
 
 
 def _is_text_field(parents: list[str], leaf: str, raw: str) -> bool:

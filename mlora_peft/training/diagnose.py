@@ -242,6 +242,12 @@ def popularity_scores(data: MultiDomainData, smoothing: float = SMOOTHING) -> tu
         >>> name in ("user", "item"), 0.5 < scores.wauc < 1
         (True, True)
     """
+    name, reports = popularity_reports(data, smoothing)
+    return name, ModelScores.from_report(reports["test"], reports["validation"]["wauc"])
+
+
+def popularity_reports(data: MultiDomainData, smoothing: float = SMOOTHING) -> tuple[str, dict[str, dict]]:
+    """`popularity_scores` in full: the id feature's name and the `domain_report` of validation and test."""
     tables = {split: as_table(data.splits[split]) for split in ("train", "validation", "test")}
     ids = [f.name for f in data.feature_spec if isinstance(f, SparseFeature)]
     if not ids:
@@ -253,8 +259,8 @@ def popularity_scores(data: MultiDomainData, smoothing: float = SMOOTHING) -> tu
         if best is None or (valid["wauc"] or 0.0) > (best[1]["wauc"] or 0.0):
             best = (name, valid, rate)
     name, valid, rate = best
-    test = _report(tables["test"], rate[_column(tables["test"], name)], data.domain_names)
-    return name, ModelScores.from_report(test, valid["wauc"])
+    return name, {"validation": valid,
+                  "test": _report(tables["test"], rate[_column(tables["test"], name)], data.domain_names)}
 
 
 def _click_rates(train_rows: pa.Table, name: str, smoothing: float) -> np.ndarray:
@@ -288,6 +294,12 @@ def finetune_per_domain(cfg: TrainConfig, data: MultiDomainData, shared: nn.Modu
     Returns:
         The fine-tuned models' scores, test and validation predictions combined over domains.
     """
+    reports = finetune_reports(cfg, data, shared, on_domain)
+    return ModelScores.from_report(reports["test"], reports["validation"]["wauc"])
+
+
+def finetune_reports(cfg: TrainConfig, data: MultiDomainData, shared: nn.Module, on_domain=None) -> dict[str, dict]:
+    """`finetune_per_domain` in full: the `domain_report` of validation and test."""
     device = PartialState().device
     weights = {k: v.detach().clone() for k, v in shared.state_dict().items()}
     model = shared.to(device)
@@ -310,8 +322,7 @@ def finetune_per_domain(cfg: TrainConfig, data: MultiDomainData, shared: nn.Modu
             on_domain(name)
     model.load_state_dict(weights)
     shared.to("cpu")
-    valid = _report(tables["validation"], predicted["validation"], data.domain_names)
-    return ModelScores.from_report(_report(tables["test"], predicted["test"], data.domain_names), valid["wauc"])
+    return {split: _report(tables[split], predicted[split], data.domain_names) for split in ("validation", "test")}
 
 
 def _finetune_domain(cfg: TrainConfig, model: nn.Module, tables: dict[str, pa.Table], shared_valid: np.ndarray,
