@@ -20,7 +20,9 @@ the speed section comes from `benchmarks/bench_speed.py`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,10 +43,13 @@ from mlora_peft.data import MultiDomainData
 from mlora_peft.features import SparseFeature
 from mlora_peft.metrics import domain_report
 from mlora_peft import training
+from mlora_peft.hub.weights import read_weights
 from mlora_peft.training import write_json_atomic
+from mlora_peft.training.diagnose import finetune_reports, popularity_reports
 
-from benchmarks import bench_speed, benchmark_report
-from benchmarks.records import DEFAULT_DIVISOR, OPTION_MODES, OPTIONS, DataSpec, RunRecord, Variant
+from benchmarks import benchmark_report
+from benchmarks.records import (COMMANDS, DEFAULT_DIVISOR, OPTION_MODES, OPTIONS, ORACLE, POPULARITY, DataSpec,
+                                RunRecord, Variant, read_records, write_records)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = ROOT.parent / "shared" / "data"
@@ -56,22 +61,26 @@ about 2 per user, too few to learn such an effect (the page shows both)."""
 
 
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "default.yaml"  # the recipe's settings, the paper's
+RESULTS = ROOT / "benchmarks" / "results"  # committed: the page is generated from these records alone
 
 
 # ---------------------------------------------------------------------------------- what runs
-def variants(names: list[str], modes: list[str], divisors: list[int], options: tuple[str, ...] = ()
-             ) -> list[Variant]:
+def variants(names: list[str], modes: list[str], divisors: list[int], options: tuple[str, ...] = (),
+             headroom: bool = False) -> list[Variant]:
     """Plain, MLoRA (each mode and divisor) per backbone; baselines once each; plain runs first.
 
     Each option adds the plain backbone and its joint MLoRA (default divisor) with that option
     (two-stage for an option of `OPTION_MODES`); an option of MLoRA's settings alone (`mlora.*`) adds
-    only the latter, since the plain model would not change.
+    only the latter, since the plain model would not change. `headroom` adds the popularity score
+    (once) and each backbone fine-tuned per domain from its plain run (`x+finetune`).
     """
-    found = []
+    found = [Variant(POPULARITY)] if headroom else []  # (plan adds the oracle on synthetic data)
     for name in names:
         found.append(Variant(name))
         if name in models.list_models("baselines"):
             continue
+        if headroom:
+            found.append(Variant(name, "finetune"))
         found += [Variant(name, mode, divisor) for mode in modes for divisor in divisors]
         for option in options:
             if not Variant(name, option=option).keeps_backbone:  # a plain model with mlora.* options is the plain one
@@ -108,8 +117,9 @@ def real_specs(user_fraction: float, compositions: list[str], movielens_domains:
     for composition in compositions:
         suffix = "" if composition == "mixed" else f"@{composition}"
         pct = f"{user_fraction:.0%} of users" if user_fraction < 1 else "all users"
-        specs.append(DataSpec(f"amazon6{suffix}", f"Amazon-6 (2014 5-core), {pct}, {composition} batches", "amazon",
-                              {"user_fraction": user_fraction}, composition))
+        users = f"-users{user_fraction * 100:g}" if user_fraction < 1 else ""  # another data set: its own key
+        specs.append(DataSpec(f"amazon6{users}{suffix}", f"Amazon-6 (2014 5-core), {pct}, {composition} batches",
+                              "amazon", {"user_fraction": user_fraction}, composition))
         for domain in movielens_domains:
             for features in movielens_features:
                 side = features == "side"
@@ -177,32 +187,14 @@ def parameter_counts(data: MultiDomainData, embedding_dim: int, divisors: tuple[
             for i, row in enumerate(tables[divisors[0]])]
 
 
-def write_oracles(cache: Path) -> None:
-    """`<cache>/<synthetic data key>/oracle.json`: per seed, the test metrics of the generator's own click probability.
+def synthetic_oracle(options: dict, seed: int) -> dict[str, dict]:
+    """The `domain_report` of validation and test of the generator's own click probability (`oracle`).
 
-    It is the best any model can do on that split. Seeds and settings are read from the cached
-    runs; a seed already in the file is not computed again.
+    It scores the benchmark's very split of `make_synthetic`: the best any model can do there.
     """
-    for folder in sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []:
-        runs = [RunRecord.from_json(json.loads(p.read_text())) for p in sorted(folder.glob("*/seed*/" + SUMMARY))]
-        if not runs or runs[0].data.source != "synthetic":
-            continue
-        path = folder / "oracle.json"
-        found = json.loads(path.read_text()) if path.exists() else {}
-        missing = sorted({r.seed for r in runs} - {int(seed) for seed in found})
-        for seed in missing:
-            found[str(seed)] = synthetic_oracle(runs[0].data.options, seed)
-        if missing:
-            write_json_atomic(path, dict(sorted(found.items(), key=lambda item: int(item[0]))))
-
-
-def synthetic_oracle(options: dict, seed: int) -> dict:
-    """Test WAUC, mean AUC and per-domain AUC of the generator's click probability on the benchmark's split."""
     data = synthetic_with_oracle(options, seed)
-    test = data.splits["test"]
-    report = domain_report(*(np.asarray(test[c]) for c in ("label", "oracle", "domain_id")), data.domain_names)
-    return {"wauc": report["wauc"], "mean_auc": report["mean_auc"],
-            "per_domain": {name: {"auc": v["auc"]} for name, v in report["per_domain"].items()}}
+    return {split: domain_report(*(np.asarray(data.splits[split][c]) for c in ("label", "oracle", "domain_id")),
+                                 data.domain_names) for split in ("validation", "test")}
 
 
 def synthetic_with_oracle(options: dict, seed: int) -> MultiDomainData:
@@ -236,29 +228,66 @@ def run_one(spec: DataSpec, variant: Variant, seed: int, cache: Path, data_cache
                             summary_path)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts over (its log would be appended to)
+    if variant.is_finetune:  # its plain run first, whose weights it starts from
+        run_one(spec, Variant(variant.model), seed, cache, data_cache, overrides)
     data = data_cache.get(spec, seed)
-    cfg = training.load_config(DEFAULT_CONFIG, [
+    start = time.perf_counter()
+    if variant.is_popularity or variant.is_oracle:
+        reports = popularity_reports(data)[1] if variant.is_popularity else synthetic_oracle(spec.options, seed)
+        results, params, epochs, best_epoch = reports["test"], {}, 0, 0
+    elif variant.is_finetune:
+        reports = finetune(spec, variant, seed, cache, data, data_cache, overrides)
+        results, params, epochs, best_epoch = reports["test"], {}, 0, 0
+    else:
+        cfg = run_config(spec, variant, seed, run_dir, data_cache, overrides)
+        results = training.train(cfg, run_dir, data=data)
+        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        last_stage = [r for r in log if r["stage"] == log[-1]["stage"]]
+        best = max(last_stage, key=lambda r: -1.0 if r["eval/mean_auc"] is None else r["eval/mean_auc"])
+        reports = {"validation": {"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"]}}
+        params, epochs, best_epoch = results["params"], len(log), best["epoch"]
+    record = RunRecord(
+        data=spec, variant=variant, seed=seed, domains=list(data.domain_names),
+        test={k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
+        validation={"mean_auc": reports["validation"]["mean_auc"], "wauc": reports["validation"]["wauc"],
+                    "best_epoch": best_epoch},
+        epochs=epochs, seconds=time.perf_counter() - start, params=params, overrides=list(overrides),
+        option_overrides=list(variant.overrides))
+    keep = ("model.safetensors",) if variant.is_plain and not variant.option else ()  # a fine-tune starts there
+    for heavy in ("model.safetensors", "adapter", "test_predictions.safetensors"):
+        target = run_dir / heavy  # the record keeps what the page needs; weights would fill the disk
+        if heavy not in keep:
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    write_json_atomic(summary_path, record.to_json())
+    return record
+
+
+def run_config(spec: DataSpec, variant: Variant, seed: int, run_dir: Path, data_cache: DataCache,
+               overrides: list[str]) -> training.TrainConfig:
+    """The recipe's config of one trained run: the paper's settings, this data, seed, model and option."""
+    return training.load_config(DEFAULT_CONFIG, [
         f"output_dir={run_dir}", "compare_with_plain=false", f"data.source={spec.source}",
         f"data.composition={spec.composition}", f"data.seed={seed}", f"train.seed={seed}",
         f"model.name={variant.model}", f"model.embedding_dim={data_cache.embedding_dim}",
         f"mlora.mode={variant.mode}", f"mlora.rank_divisor={variant.rank_divisor}", *variant.overrides, *overrides])
-    start = time.perf_counter()
-    results = training.train(cfg, run_dir, data=data)
-    seconds = time.perf_counter() - start
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    last_stage = [r for r in log if r["stage"] == log[-1]["stage"]]
-    best = max(last_stage, key=lambda r: -1.0 if r["eval/mean_auc"] is None else r["eval/mean_auc"])
-    record = RunRecord(
-        data=spec, variant=variant, seed=seed, domains=list(data.domain_names),
-        test={k: results[k] for k in ("wauc", "mean_auc", "logloss", "per_domain")},
-        validation={"mean_auc": best["eval/mean_auc"], "wauc": best["eval/wauc"], "best_epoch": best["epoch"]},
-        epochs=len(log), seconds=seconds, params=results["params"], overrides=list(overrides),
-        option_overrides=list(variant.overrides))
-    for heavy in ("model.safetensors", "adapter", "test_predictions.safetensors"):
-        target = run_dir / heavy  # the record keeps what the page needs; weights would fill the disk
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    write_json_atomic(summary_path, record.to_json())
-    return record
+
+
+def finetune(spec: DataSpec, variant: Variant, seed: int, cache: Path, data: MultiDomainData, data_cache: DataCache,
+             overrides: list[str]) -> dict[str, dict]:
+    """`x+finetune`: the plain run's best weights fine-tuned on each domain alone; its validation and test reports.
+
+    A plain run cached before its weights were kept is trained again beside it (same seed, same result).
+    """
+    plain = Variant(variant.model)
+    plain_dir = cache / spec.key / plain.folder / f"seed{seed}"
+    weights = plain_dir / "model.safetensors"
+    cfg = run_config(spec, plain, seed, plain_dir / "weights", data_cache, overrides)
+    if not weights.exists():
+        training.train(dataclasses.replace(cfg, overwrite=True), plain_dir / "weights", data=data)
+        weights = plain_dir / "weights" / "model.safetensors"
+    shared = training.build_model(cfg, data)
+    shared.load_state_dict(read_weights(weights))
+    return finetune_reports(cfg, data, shared)
 
 
 def check_cached(record: RunRecord, spec: DataSpec, variant: Variant, overrides: list[str], path: Path) -> RunRecord:
@@ -304,26 +333,22 @@ def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list
 REPRODUCED = "reproduced.json"
 
 
-def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache, sample_seed: int = 0) -> list[dict]:
-    """Train `count` cached runs again from scratch and record how far their test metrics moved.
+def reproduce(results: Path, wanted: list[str], count: int, data_cache: DataCache, sample_seed: int = 0) -> list[dict]:
+    """Train `count` recorded runs again from scratch and record how far their test metrics moved.
 
-    The runs are a seeded sample of the cached runs of the data keys (or prefixes) in `wanted` that were
-    not reproduced before; each is trained with the settings its `summary.json` records, in a temporary
-    folder, with the current code. The records are appended to `<cache>/reproduced.json`, which the page
-    reports.
+    The runs are a seeded sample of the records (`<results>/*.jsonl`) of the data keys (or prefixes) in
+    `wanted` that were not reproduced before; each is trained with the settings its record names, in a
+    temporary folder, with the current code. The outcomes are appended to `<results>/reproduced.json`,
+    which the page's appendix reports.
     """
-    path = cache / REPRODUCED
+    path = results / REPRODUCED
     earlier = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], Variant.from_json(r["variant"]), r["seed"]) for r in earlier}
-    candidates = []
-    for summary_path in sorted(cache.glob("*/*/seed*/" + SUMMARY)):
-        if selected(summary_path.parts[-4], wanted):
-            record = RunRecord.from_json(json.loads(summary_path.read_text()))
-            if (record.data.key, record.variant, record.seed) not in done:
-                candidates.append(record)
+    candidates = [r for r in read_records(results) if selected(r.data.key, wanted)
+                  and (r.data.key, r.variant, r.seed) not in done]
     if not candidates:
-        raise ValueError(f"No cached runs of {wanted} left to reproduce in {cache} (runs not reproduced before); "
-                         "name data keys that the cache holds.")
+        raise ValueError(f"No recorded runs of {wanted} left to reproduce in {results} (runs not reproduced "
+                         "before); name data keys that the records hold.")
     picked = np.random.default_rng(sample_seed).choice(len(candidates), size=min(count, len(candidates)),
                                                         replace=False)
     records, commit = [], _commit()
@@ -335,7 +360,7 @@ def reproduce(cache: Path, wanted: list[str], count: int, data_cache: DataCache,
             records.append({"data": cached.data.key, "variant": cached.variant.to_json(), "seed": cached.seed,
                             "cached": {k: cached.test[k] for k in ("wauc", "mean_auc")} | {"epochs": cached.epochs},
                             "rerun": {k: rerun.test[k] for k in ("wauc", "mean_auc")} | {"epochs": rerun.epochs},
-                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+                            "date": time.strftime("%Y-%m-%d", time.gmtime()), "commit": commit,
                             "threads": torch.get_num_threads()})
             print(f"reproduced {cached.data.key} {cached.variant.name} seed {cached.seed}: test WAUC "
                   f"{cached.test['wauc']:.6f} cached, {rerun.test['wauc']:.6f} now", flush=True)
@@ -392,10 +417,14 @@ def plan(args: argparse.Namespace) -> tuple[list[DataSpec], dict[str, list[Varia
     divisors = [int(d) for d in args.rank_divisors.split(",")]
     chosen = {}
     for spec in specs:
-        found = variants(names, modes, divisors, options)
+        found = variants(names, modes, divisors, options, args.headroom)
         if spec.composition != "mixed":  # the composition comparison: plain and joint MLoRA only
-            found = [v for v in found if v.mode in ("none", "joint") and not v.is_baseline and not v.option]
-        chosen[spec.key] = [v for v in found if v.model in backbones or v.is_baseline]
+            found = [v for v in found if v.mode in ("none", "joint") and not v.is_baseline and not v.option
+                     and v.rank_divisor == DEFAULT_DIVISOR and not v.is_popularity]
+        if args.headroom and spec.source == "synthetic" and spec.composition == "mixed":
+            found.insert(0, Variant(ORACLE))
+        chosen[spec.key] = [v for v in found if v.model in backbones or v.is_baseline or v.is_popularity
+                            or v.is_oracle]
     return specs, chosen
 
 
@@ -422,18 +451,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--options", default="",
                         help=f"named training options, each run on the plain and the MLoRA backbone: {', '.join(OPTIONS)}")
     parser.add_argument("--user-fraction", type=float, default=1.0, help="Amazon-6: share of users kept (per seed)")
-    parser.add_argument("--compositions", default="mixed,per_domain", help="training batch compositions")
+    parser.add_argument("--compositions", default="mixed,per_domain",
+                        help="training batch compositions (mixed, per_domain, sequential)")
+    parser.add_argument("--headroom", action="store_true",
+                        help="also score the popularity baseline and fine-tune each plain backbone per domain "
+                             "(x+finetune), the headroom a per-domain module could reach")
     parser.add_argument("--override", action="append", default=[],
                         help="extra train.py key=value override for every run (recorded in the page)")
-    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "benchmark", help="summaries go here")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "benchmark",
+                        help="work folder: a summary per finished run (so a rerun continues), plain weights")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the committed run records (one JSON line per run, per data set) the page is made from")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the page to write")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the page from the cache")
     parser.add_argument("--reproduce", type=int, default=0, metavar="N",
                         help="train N cached runs of --data again from scratch (a seeded sample), record how far "
                              "their test metrics moved in <cache>/reproduced.json, then write the page")
-    parser.add_argument("--speed", choices=["skip", "quick", "full"], default=None,
-                        help="run the speed section (default: quick with --quick, full otherwise)")
     parser.add_argument("--scale-rows", type=int, default=None, help="rows of the streamed scale run")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder with ml-100k/ and amazon-2014-5core/")
     args = parser.parse_args(argv)
@@ -451,32 +485,32 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             args.synthetic_effects = "0,1"
         if args.compositions == "mixed,per_domain":
             args.compositions = "mixed"
-    if args.speed is None:
-        args.speed = "quick" if args.quick else "full"
     return args
 
 
 def main(argv: Optional[list[str]] = None) -> Path:
-    """Run what the arguments select (skipping cached runs), then write the page. Returns the page path."""
+    """Run what the arguments select (skipping cached runs), record them, then write the page. Returns the page."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = benchmark_report
-    command = "python -m benchmarks.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.reproduce:
-        reproduce(args.cache, args.data.split(","), args.reproduce, DataCache(args.data_root, embedding_dim=8))
+        reproduce(args.results, args.data.split(","), args.reproduce, DataCache(args.data_root, embedding_dim=8))
     elif not args.report_only:
-        args.cache.mkdir(parents=True, exist_ok=True)
-        with open(args.cache / "commands.jsonl", "a") as handle:  # the page lists every command behind the cache
-            handle.write(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                     "threads": args.threads}) + "\n")
         specs, chosen = plan(args)
         seeds = [int(s) for s in args.seeds.split(",")]
-        data_cache = DataCache(args.data_root, embedding_dim=8)
-        run_all(specs, chosen, seeds, args.cache, data_cache, args.override)
-        if args.speed != "skip":
-            bench_speed.run_speed(args.cache / "speed", quick=args.speed == "quick", scale_rows=args.scale_rows)
-    write_oracles(args.cache)
-    return report.write_page(args.cache, args.page)
+        record_command(args.results, command, args.threads)
+        run_all(specs, chosen, seeds, args.cache, DataCache(args.data_root, embedding_dim=8), args.override,
+                on_run=lambda record: write_records(args.results, [record]))
+    return benchmark_report.write_page(args.results, args.page)
+
+
+def record_command(results: Path, command: str, threads: int) -> None:
+    """Append the command (local folders left out) to `<results>/commands.jsonl`, which the page's appendix lists."""
+    line = json.dumps({"command": benchmark_report.public_command(command), "threads": threads,
+                       "date": time.strftime("%Y-%m-%d", time.gmtime())}, sort_keys=True)
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / COMMANDS, "a") as handle:
+        handle.write(line + "\n")
 
 
 if __name__ == "__main__":

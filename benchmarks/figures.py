@@ -1,4 +1,4 @@
-"""The page's plots, from the cached records (`benchmarks/stats.py`)."""
+"""The page's plots, from the run records (`benchmarks/stats.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .records import Variant  # noqa: E402
-from .stats import BACKBONES, Variants, best_mlora, first_run, page_order, paired, sort_key  # noqa: E402
+from .stats import BACKBONES, Variants, best_mlora, first_run, paired, sort_key  # noqa: E402
 
 
 def plot_data_set(key: str, variants: Variants, path: Path) -> None:
@@ -45,37 +45,38 @@ def plot_data_set(key: str, variants: Variants, path: Path) -> None:
     fig.suptitle(key)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
 
 
-def plot_summary(summaries: dict[str, Variants], path: Path) -> bool:
-    """Paired Δ WAUC (±1 std) of each backbone's best MLoRA config, one group of bars per data set (mixed batches).
-
-    Returns:
-        Whether there was anything to plot (nothing is written otherwise).
-    """
-    keys = [k for k in sorted(summaries, key=lambda k: page_order(summaries[k])) if first_run(summaries[k]).data.composition == "mixed"]
-    found = {k: {b: paired(summaries[k][best_mlora(summaries[k], b)], summaries[k][Variant(b)]) for b in BACKBONES
-                 if Variant(b) in summaries[k] and best_mlora(summaries[k], b)} for k in keys}
-    found = {k: v for k, v in found.items() if v}
-    if not found:
+def plot_headline(summaries: dict[str, Variants], keys: list[str], path: Path) -> bool:
+    """Per (data set, backbone): paired Δ test WAUC of the best MLoRA config and the per-domain fine-tuning
+    headroom, each ±1 std over seeds. Returns whether there was anything to plot (nothing is written otherwise)."""
+    rows = []  # (label, Δ MLoRA, headroom)
+    for key in keys:
+        variants = summaries[key]
+        for backbone in [b for b in BACKBONES if Variant(b) in variants]:
+            best, tuned = best_mlora(variants, backbone), Variant(backbone, "finetune")
+            rows.append((f"{key} · {backbone}",
+                         paired(variants[best], variants[Variant(backbone)]) if best else None,
+                         paired(variants[tuned], variants[Variant(backbone)]) if tuned in variants else None))
+    if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(13, 4.5))
-    width = 0.8 / len(BACKBONES)
-    for i, backbone in enumerate(BACKBONES):
-        xs = [j + i * width for j, k in enumerate(found) if backbone in found[k]]
-        ds = [found[k][backbone] for k in found if backbone in found[k]]
-        if ds:
-            ax.bar(xs, [d["mean"] for d in ds], width, yerr=[d["std"] for d in ds], capsize=1.5, label=backbone,
-                   error_kw={"linewidth": 0.6})
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(found))], list(found), rotation=20, ha="right", fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_yscale("symlog", linthresh=0.002)  # linear within ±0.002, logarithmic beyond: small and large gains both show
-    ax.set_ylabel("paired Δ test WAUC, best MLoRA − plain (symlog)")
-    ax.legend(ncol=5, fontsize=7)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
+    ys = list(range(len(rows)))
+    for offset, index, label, color in ((-0.2, 1, "best MLoRA − backbone", "tab:blue"),
+                                        (0.2, 2, "per-domain fine-tune − backbone (headroom)", "tab:orange")):
+        found = [(y, row[index]) for y, row in zip(ys, rows) if row[index] is not None]
+        ax.barh([y + offset for y, _ in found], [d["mean"] for _, d in found], 0.4,
+                xerr=[d["std"] for _, d in found], color=color, capsize=2, label=label)
+    ax.set_yticks(ys, [row[0] for row in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=0.002)  # linear within ±0.002: real-data differences stay visible
+    ax.set_xlabel("paired Δ test WAUC, mean ± std over seeds (symlog)")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return True

@@ -8,10 +8,18 @@ option) and `RunRecord` one finished (data, variant, seed) run, written as `summ
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from collections.abc import Collection
+from typing import Any, Optional
 
 from mlora_peft import models
+from mlora_peft.atomic import write_text_atomic
+
+POPULARITY, ORACLE = "popularity", "oracle"
+"""Model names of the two no-training scores: each row's id popularity, and (synthetic data) the generator's own
+click probability, the best any model can do."""
 
 DEFAULT_DIVISOR = 16
 """The rank divisor the benchmark's `x+mlora` runs use (others are labelled `/divisor`)."""
@@ -31,6 +39,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "dropout_0.1": ("model.dropout=0.1",),
     "no_dropout": ("model.dropout=0",),
     "input_bn": ("model.options.input_norm=batch",),
+    "emb_l2_table": ("train.embedding_l2=1e-5", "train.embedding_l2_scope=table"),
+    "paper_divisor": ("mlora.rank_divisor_preset=paper",),
 }
 """Named training options a variant may add (`--options`), each a list of train.py overrides. A plain
 backbone runs with the option too, so the option's effect on the plain and the MLoRA model is paired."""
@@ -84,8 +94,8 @@ class Variant:
         (True, '+mlora')
     """
 
-    model: str
-    mode: str = "none"  # none, joint or two_stage
+    model: str  # a zoo model, or POPULARITY
+    mode: str = "none"  # none, joint, two_stage, or finetune (the plain backbone fine-tuned per domain)
     rank_divisor: int = DEFAULT_DIVISOR
     option: str = ""  # a key of OPTIONS, or "" for the paper's settings
 
@@ -98,7 +108,7 @@ class Variant:
     def config(self) -> str:
         """The label without the model: `+mlora/64[option]` (empty for the plain model with the paper's settings)."""
         kind = "" if self.mode == "none" else "+mlora" if self.mode == "joint" else f"+{self.mode}"
-        divisor = "" if self.mode == "none" or self.rank_divisor == DEFAULT_DIVISOR else f"/{self.rank_divisor}"
+        divisor = "" if not self.is_mlora or self.rank_divisor == DEFAULT_DIVISOR else f"/{self.rank_divisor}"
         return kind + divisor + (f"[{self.option}]" if self.option else "")
 
     @property
@@ -110,6 +120,24 @@ class Variant:
         return self.model in models.list_models("baselines")
 
     @property
+    def is_popularity(self) -> bool:
+        """The no-training popularity score (`mlora_peft.training.diagnose.popularity_reports`)."""
+        return self.model == POPULARITY
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.model == ORACLE
+
+    @property
+    def is_mlora(self) -> bool:
+        return self.mode in ("joint", "two_stage")
+
+    @property
+    def is_finetune(self) -> bool:
+        """The plain backbone's best weights fine-tuned on each domain alone: the headroom's upper bound."""
+        return self.mode == "finetune"
+
+    @property
     def is_plain(self) -> bool:
         """A plain model (no MLoRA), with or without an option."""
         return self.mode == "none"
@@ -117,7 +145,7 @@ class Variant:
     @property
     def reference(self) -> Variant:
         """The plain model this one is compared with: its backbone, or the plain MLP for a baseline."""
-        return Variant("mlp" if self.is_baseline else self.model)
+        return Variant("mlp" if self.is_baseline or self.is_popularity or self.is_oracle else self.model)
 
     @property
     def is_reference(self) -> bool:
@@ -186,3 +214,53 @@ class RunRecord:
 
 Runs = dict[int, RunRecord]
 """One variant's runs on one data set, by seed."""
+
+
+# ---------------------------------------------------------------------------------- the committed store
+RECORDS_SUFFIX = ".jsonl"
+
+
+def record_line(record: RunRecord) -> str:
+    """One record as one JSON line, keys sorted, so the same run always writes the same bytes."""
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+def write_records(folder: Path, records: list[RunRecord]) -> list[Path]:
+    """Merge `records` into `<folder>/<data key>.jsonl` (one run per line, sorted); a run already there is replaced.
+
+    Each file is written to a temporary file and renamed, so an interrupted write leaves the old file.
+    Returns the files written.
+    """
+    by_key: dict[str, dict[tuple, RunRecord]] = {}
+    for record in records:  # only these data sets' files are read and written (another run may own others)
+        by_key.setdefault(record.data.key, {})
+    for record in [*read_records(folder, by_key), *records]:
+        by_key[record.data.key][(record.variant, record.seed)] = record
+    written = []
+    for key, runs in sorted(by_key.items()):
+        lines = [record_line(runs[k]) for k in sorted(runs)]
+        written.append(write_text_atomic(folder / f"{key}{RECORDS_SUFFIX}", "\n".join(lines) + "\n"))
+    return written
+
+
+def read_records(folder: Path, keys: Optional[Collection[str]] = None) -> list[RunRecord]:
+    """Every record in `<folder>/*.jsonl` (or in the files of the data `keys` only), in file and line order.
+
+    Raises:
+        ValueError: a line that is not a record, naming the file and line.
+    """
+    found = []
+    for path in sorted(folder.glob(f"*{RECORDS_SUFFIX}")) if folder.is_dir() else []:
+        if path.name == COMMANDS or (keys is not None and path.name[: -len(RECORDS_SUFFIX)] not in keys):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                found.append(RunRecord.from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as error:
+                raise ValueError(f"{path}:{number} is not a benchmark run record ({error}); restore the file "
+                                 "from git or delete the line.") from error
+    return found
+
+
+COMMANDS = "commands.jsonl"
+"""The commands behind the records, one JSON line each, in `<folder>/commands.jsonl`."""

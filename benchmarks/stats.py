@@ -1,4 +1,4 @@
-"""Reading the benchmark cache and the paired statistics the page is built from.
+"""Grouping the benchmark's run records and the paired statistics the page is built from.
 
 Differences are paired: a model minus its reference (`Variant.reference`), seed by seed, over the seeds
 both have. Every choice of a "best" config is made on validation mean AUC; test is never looked at.
@@ -6,10 +6,8 @@ both have. Every choice of a "best" config is made on validation mean AUC; test 
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable, Optional
 
 from mlora_peft import models
@@ -23,11 +21,10 @@ Variants = dict[Variant, Runs]
 """One data set's runs: variant -> seed -> record."""
 
 
-def load_records(cache: Path) -> dict[str, Variants]:
-    """data key -> variant -> seed -> `RunRecord`, from every `summary.json` in the cache."""
+def group_records(records: list[RunRecord]) -> dict[str, Variants]:
+    """data key -> variant -> seed -> `RunRecord`."""
     found: dict[str, Variants] = defaultdict(lambda: defaultdict(dict))
-    for path in sorted(cache.glob("*/*/seed*/summary.json")):
-        run = RunRecord.from_json(json.loads(path.read_text()))
+    for run in records:
         found[run.data.key][run.variant][run.seed] = run
     return found
 
@@ -63,7 +60,7 @@ def paired(runs: Runs, reference: Runs, metric: str = "wauc") -> Optional[dict]:
 
 def best_mlora(variants: Variants, backbone: str) -> Optional[Variant]:
     """The MLoRA variant of `backbone` with the best mean validation mean AUC (any mode, divisor or option)."""
-    return _best_on_validation(variants, lambda v: v.model == backbone and not v.is_plain)
+    return _best_on_validation(variants, lambda v: v.model == backbone and v.is_mlora)
 
 
 def best_plain(variants: Variants, backbone: str) -> Optional[Variant]:
@@ -71,10 +68,9 @@ def best_plain(variants: Variants, backbone: str) -> Optional[Variant]:
     return _best_on_validation(variants, lambda v: v.model == backbone and v.is_plain)
 
 
-def best_joint(variants: Variants, backbone: str) -> Optional[Variant]:
-    """The joint MLoRA variant of `backbone` with the best validation mean AUC among those that keep the paper's
-    backbone: any rank divisor, and options of MLoRA's own settings (`mlora.*`) only. The synthetic goals' model."""
-    return _best_on_validation(variants, lambda v: v.model == backbone and v.mode == "joint" and v.keeps_backbone)
+def best_baseline(variants: Variants) -> Optional[Variant]:
+    """The multi-domain baseline (shared-bottom, MMoE, STAR, ...) with the best mean validation mean AUC."""
+    return _best_on_validation(variants, lambda v: v.is_baseline)
 
 
 def _best_on_validation(variants: Variants, allowed: Callable[[Variant], bool]) -> Optional[Variant]:
@@ -102,9 +98,7 @@ def fmt_diff(d: Optional[dict], digits: int = 4) -> str:
     return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f} ({d['wins']}/{d['n']})"
 
 
-def synthetic_setting(variants: Variants) -> dict:
-    """D, domain effect, rows and batch composition of a synthetic data set, read from its spec."""
-    spec = spec_of(variants)
-    options = spec.options
-    return {"count": options["num_domains"], "effect": options["domain_effect"], "rows": options["rows"],
-            "composition": spec.composition}
+def mean_of(variants: Variants, variant: Variant, metric: str = "wauc") -> Optional[float]:
+    """Mean test `metric` of a variant over its seeds (None when it did not run)."""
+    runs = variants.get(variant)
+    return statistics.fmean(r.test[metric] for r in runs.values()) if runs else None

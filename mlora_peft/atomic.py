@@ -1,4 +1,4 @@
-"""Replacing a saved folder atomically: write beside it, then swap it in with renames."""
+"""Replacing a saved file or folder atomically: write beside it, then swap it in with renames."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it into place; returns `path`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> write_text_atomic(pathlib.Path(tempfile.mkdtemp()) / "a.txt", "hi").read_text()
+        'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> None:

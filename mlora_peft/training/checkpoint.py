@@ -38,6 +38,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..atomic import write_text_atomic
 from ..hub.weights import read_weights
 
 FORMAT_VERSION = 1
@@ -100,10 +101,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         >>> read_json(file)
         {'a': 1}
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
