@@ -1,4 +1,4 @@
-"""Speed of MLoRA for the benchmark page: routed layers, full training steps, the data path, a scale run.
+"""Speed of MLoRA: routed layers, full training steps of every backbone, the data path, a scale run.
 
     python -m benchmarks.bench_speed --out runs/benchmark/speed [--quick] [--scale-rows 10000000] [--step-batch 1024]
 
@@ -6,7 +6,7 @@ Writes routing.json (ratios from `benchmarks/bench_routing.py`), steps.json (one
 backbone with MLoRA over the same step without it, mixed batches, D = 2, 10, 100), data.json
 (rows/s from `benchmarks/bench_data.py`'s paths) and scale.json (one epoch over synthetic rows
 streamed from `stream_synthetic` with 1,000 domains, run in a child process so its peak memory is
-its own). `benchmarks/benchmark.py` calls `run_speed`; `benchmark_report.py` renders the files.
+its own). Each file holds its own note: what was measured, how, on which device.
 """
 
 from __future__ import annotations

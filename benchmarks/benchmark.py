@@ -1,20 +1,23 @@
 """When does MLoRA help? Paired runs on real and synthetic data, written up as docs/benchmarks.md.
 
-    python -m benchmarks.benchmark --quick                               # a smoke run in minutes
-    python -m benchmarks.benchmark                                       # everything, 5 seeds (days on a CPU)
-    python -m benchmarks.benchmark --data amazon6 --models mlp,deepfm,shared_bottom --seeds 0,1,2
-    python -m benchmarks.benchmark --data amazon6 --models mlp --options emb_l2_1,paper_dropout  # options, paired
-    python -m benchmarks.benchmark --data ml100k --movielens-features side   # ML-100K with user and item attributes
-    python -m benchmarks.benchmark --report-only                         # rewrite the page from the cache
-    python -m benchmarks.benchmark --reproduce 10 --data amazon6,ml100k  # retrain 10 cached runs, compare
+    python -m benchmarks.benchmark --quick --headroom                    # a smoke run in minutes
+    python -m benchmarks.benchmark --data amazon6 --models mlp,deepfm --modes joint --headroom --seeds 0,1,2
+    python -m benchmarks.benchmark --data amazon6-users30 --user-fraction 0.3 --compositions mixed,sequential \
+        --models mlp --modes joint --options emb_l2_table --seeds 0,1,2,3,4   # the paper's protocol, paired
+    python -m benchmarks.benchmark --report-only                         # the page again, from the records
+    python -m benchmarks.benchmark --reproduce 10 --data amazon6,ml100k  # retrain 10 recorded runs, compare
 
 Every run is `recipes/train.py`'s `train()` with the paper's settings (embedding 8, hidden
 [256, 128, 64], dropout 0.5, Adam 1e-3, batch 1024, early stopping on validation mean AUC,
 patience 3). A seed fixes the data (user subsample, negatives, split) and the initialisation for
-every model, so differences between models are paired. Each (data, model, seed) leaves a
-`summary.json` in the cache folder; a rerun skips finished runs, so an interrupted run continues.
-The page and its plots are generated from the cached summaries only (`benchmarks/benchmark_report.py`);
-the speed section comes from `benchmarks/bench_speed.py`.
+every model, so differences between models are paired. `--headroom` adds two no-training scores
+(item popularity; on synthetic data the generator's own probability) and each plain backbone
+fine-tuned per domain from its best weights (`x+finetune`, the headroom's upper bound).
+
+Each finished run is recorded as one JSON line in `benchmarks/results/<data key>.jsonl` (committed: the
+page is generated from these records alone, `benchmarks/benchmark_report.py`); the work folder
+(`--cache`, git-ignored) keeps a `summary.json` per run, so an interrupted command continues where it
+stopped, and the plain runs' weights that `x+finetune` starts from.
 """
 
 from __future__ import annotations
