@@ -118,6 +118,9 @@ def write_page(results: Path, page: Path) -> Path:
               "Reproducibility:", "", *reproduced_lines(reproduced), ""]
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(lines).rstrip() + "\n")
+    for stale in set(images.glob("benchmark_*.png")) - set(images.glob("benchmark_headline.png")) - {
+            images / f"benchmark_{key.replace('@', '_')}.png" for key in keys}:
+        stale.unlink()  # the page owns these names: a plot of a data set no longer recorded goes
     return page
 
 
