@@ -38,10 +38,16 @@ def first_run(variants: Variants) -> RunRecord:
     return next(iter(next(iter(variants.values())).values()))
 
 
+MOVIELENS_SPLITS = ("gender", "age", "occupation", "genre_group")
+"""ML-100K's domain splits in page order: the paper's three user splits, then the item-side one."""
+
+
 def page_order(variants: Variants) -> tuple:
-    """Amazon first, then ML-100K, then synthetic; mixed batches before other compositions."""
+    """Amazon first, then ML-100K (by split), then synthetic; mixed batches before other compositions."""
     spec = spec_of(variants)
-    return ("amazon6", "ml100k", "synthetic").index(spec.family), spec.composition != "mixed", spec.key
+    split = spec.options.get("domain") if spec.source == "movielens" else None
+    return (("amazon6", "ml100k", "synthetic").index(spec.family), spec.composition != "mixed",
+            MOVIELENS_SPLITS.index(split) if split in MOVIELENS_SPLITS else 0, spec.key)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -59,8 +65,9 @@ def paired(runs: Runs, reference: Runs, metric: str = "wauc") -> Optional[dict]:
 
 
 def best_mlora(variants: Variants, backbone: str) -> Optional[Variant]:
-    """The MLoRA variant of `backbone` with the best mean validation mean AUC (any mode, divisor or option)."""
-    return _best_on_validation(variants, lambda v: v.model == backbone and v.is_mlora)
+    """The MLoRA variant of `backbone` with the best mean validation mean AUC: any mode or divisor, and options
+    of MLoRA's own settings (`mlora.*`) only, so that it differs from the plain backbone by the adapters alone."""
+    return _best_on_validation(variants, lambda v: v.model == backbone and v.is_mlora and v.keeps_backbone)
 
 
 def best_plain(variants: Variants, backbone: str) -> Optional[Variant]:
