@@ -1,8 +1,9 @@
 """The guides' code runs as written: docs/guides/new-domain.md against a loopback Hub, docs/guides/serving.md,
-docs/guides/trainer.md."""
+docs/guides/trainer.md, docs/guides/diagnose.md."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,15 @@ def test_new_domain_guide_runs_and_touches_only_the_new_domain(tmp_path):
     assert sorted(p for p in launch if first.get(p) != launch[p]) == podcasts  # one commit, only the new folder
     assert set(first) <= set(launch)
     assert sorted(hub.downloads()) == ["adapter_config.json", "adapter_model.safetensors", *podcasts]
+
+
+def test_diagnose_guide_runs_and_writes_its_files(tmp_path, monkeypatch):
+    (tmp_path / "recipes" / "configs").mkdir(parents=True)
+    shutil.copy(ROOT / "recipes" / "configs" / "tiny.yaml", tmp_path / "recipes" / "configs")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_guide_code("diagnose.md"), "docs/guides/diagnose.md", "exec"), {"__name__": "diagnose_guide"})
+    assert {p.name for p in (tmp_path / "runs" / "diagnose-tiny").iterdir()} >= {
+        "diagnosis.json", "diagnosis.png", "shared", "mlora"}
 
 
 def test_serving_guide_runs(tmp_path, monkeypatch):
