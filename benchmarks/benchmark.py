@@ -43,7 +43,6 @@ from mlora_peft import data as data_lib
 from mlora_peft.tuner.config import DEFAULT_RANK_DIVISOR
 from mlora_peft import models
 from mlora_peft.data import MultiDomainData
-from mlora_peft.features import SparseFeature
 from mlora_peft.metrics import domain_report
 from mlora_peft import training
 from mlora_peft.hub.weights import read_weights
@@ -179,17 +178,6 @@ def subsample_users(positives: pa.Table, fraction: float, seed: int) -> pa.Table
     return positives.filter(pc.is_in(positives.column("user"), value_set=users.filter(pa.array(keep))))
 
 
-def parameter_counts(data: MultiDomainData, embedding_dim: int, divisors: tuple[int, ...] = (16, 32, 64)) -> list[dict]:
-    """Every zoo model's parameters on this data set (with the domain id feature); adapters per domain per divisor."""
-    features = [*data.feature_spec, SparseFeature("domain_id", vocab_size=data.num_domains,
-                                                  embedding_dim=embedding_dim)]
-    tables = {d: models.parameter_table(features, data.num_domains, rank_divisor=d) for d in divisors}
-    return [{"model": row.name, "total": row.model.total, "embeddings": row.model.embeddings,
-             "without_embeddings": row.model.without_embeddings, "num_domains": row.num_domains,
-             "adapter_per_domain": {str(d): tables[d][i].adapter_per_domain for d in divisors}}
-            for i, row in enumerate(tables[divisors[0]])]
-
-
 def synthetic_oracle(options: dict, seed: int) -> dict[str, dict]:
     """The `domain_report` of validation and test of the generator's own click probability (`oracle`).
 
@@ -209,15 +197,6 @@ def synthetic_with_oracle(options: dict, seed: int) -> MultiDomainData:
     return data_lib.load_multidomain(table, label="label", domain="domain", sparse=["user"], dense=["price", "oracle"],
                                      normalize="none", seed=seed, domain_order=present,
                                      domain_names=[f"domain_{d}" for d in present])
-
-
-def write_parameters(spec: DataSpec, seed: int, cache: Path, data_cache: DataCache) -> None:
-    """`<cache>/<data key>/parameters.json`, once per data set."""
-    path = cache / spec.key / "parameters.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = parameter_counts(data_cache.get(spec, seed), data_cache.embedding_dim)
-        write_json_atomic(path, {"rows": rows})
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -318,7 +297,6 @@ def run_all(specs: list[DataSpec], chosen: dict[str, list[Variant]], seeds: list
     """Every (data, variant, seed) in order: data set, then variant, then seed. Returns runs trained."""
     trained = 0
     for spec in specs:
-        write_parameters(spec, seeds[0], cache, data_cache)
         for seed in seeds:  # seed-major inside a data set keeps one loaded data set at a time
             for variant in chosen[spec.key]:
                 fresh = not (cache / spec.key / variant.folder / f"seed{seed}" / SUMMARY).exists()
