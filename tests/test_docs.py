@@ -21,7 +21,8 @@ import mlora_peft
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-RUN_ELSEWHERE = {"guides/new-domain.md", "guides/serving.md", "guides/trainer.md"}  # tests/test_guides.py
+RUN_ELSEWHERE = {"guides/new-domain.md", "guides/serving.md", "guides/trainer.md",
+                 "guides/diagnose.md"}  # tests/test_guides.py
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 
 
