@@ -99,9 +99,10 @@ def sort_key(variant: Variant) -> tuple:
     return zoo.index(variant.model) if variant.model in zoo else 99, variant.name
 
 
-def fmt_diff(d: Optional[dict], digits: int = 4) -> str:
+def fmt_diff(d: Optional[dict], digits: int = 4, missing: str = "n/a") -> str:
+    """A paired difference as `mean ± std (wins/n)`; `missing` when there was nothing to pair."""
     if d is None:
-        return "n/a"
+        return missing
     return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f} ({d['wins']}/{d['n']})"
 
 

@@ -33,8 +33,8 @@ def headline_rows(label: str, variants: Variants, ceiling: Optional[Variant] = N
                  "—" if baseline is None else _mean(variants, baseline) + ("" if ceiling else f" ({baseline.name})"),
                  _mean(variants, plain),
                  "—" if best is None else f"{_mean(variants, best)} ({best.config.lstrip('+')})",
-                 "—" if best is None else _short(paired(variants[best], variants[plain])),
-                 _short(paired(variants[tuned], variants[plain])) if tuned in variants else "—"]
+                 "—" if best is None else fmt_diff(paired(variants[best], variants[plain]), missing="—"),
+                 fmt_diff(paired(variants[tuned], variants[plain]), missing="—") if tuned in variants else "—"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -51,10 +51,6 @@ def synthetic_rows(label: str, variants: Variants) -> list[str]:
 def _mean(variants: Variants, variant: Variant) -> str:
     value = mean_of(variants, variant)
     return "—" if value is None else f"{value:.4f}"
-
-
-def _short(d: Optional[dict]) -> str:
-    return "—" if d is None else f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['wins']}/{d['n']})"
 
 
 def composition_rows(label: str, variants: Variants, mixed: Variants) -> list[str]:
