@@ -10,8 +10,9 @@ reported, which cancels load that comes and goes on a shared machine):
            D = 2, 10, 100.
   serving  one call in `torch.inference_mode()` of the eval model: one user's 256 candidates of
            one domain, 256 mixed rows, 4,096 mixed rows; D = 10 and 100.
-  paths    forward + backward of one adapted layer by the masked path and by the grouped path
-           (mixed rows), against the plain layer, over D * r: where the masked path stops paying.
+  paths    forward + backward of one adapted layer by the masked path and the grouped path (mixed
+           rows) and by the merged path (the same rows sorted by domain, as a row-independent
+           model sorts them), against the plain layer, over D: where each path stops paying.
 
     python -m benchmarks.bench_step_serving [--quick] [--threads 1] [--only step,serving,paths] [--device cpu]
 """
@@ -31,8 +32,9 @@ from mlora_peft import models
 from benchmarks.bench_speed import adam_step, paired_ratio
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear
+from mlora_peft.tuner.merged_linear import merged_linear
 from mlora_peft.tuner.routed_linear import routed_linear
-from mlora_peft.tuner.routing import make_routing
+from mlora_peft.tuner.routing import Routing, make_routing
 
 VOCAB = 10_000
 STEP_TARGETS = {10: 1.15}
@@ -121,9 +123,16 @@ def path_rows(rounds: int, calls: int, device: str) -> list[tuple[str, float, fl
                 out = routed_linear(x, linear.weight, linear.bias, A, B, db, routing.segments(), 1.0)
                 torch.autograd.grad(out, inputs, grad)
 
-            _, masked_ratio = paired_ratio(plain, masked, rounds, calls, device)
-            _, grouped_ratio = paired_ratio(plain, grouped, rounds, calls, device)
-            rows.append((f"{fan_in} -> {fan_out}, D = {num_domains}", num_domains * rank, masked_ratio, grouped_ratio))
+            sorted_ids = ids.sort().values
+
+            def merged() -> None:
+                routing = Routing(sorted_ids, num_domains, None, rows_sorted=True)
+                out = merged_linear(x, linear.weight, linear.bias, A, B, db, routing.sorted_offsets(), sorted_ids, 1.0)
+                torch.autograd.grad(out, inputs, grad)
+
+            ratios = [paired_ratio(plain, path, rounds, calls, device)[1] for path in (masked, grouped, merged)]
+            weights_per_row = num_domains * fan_in * fan_out / (1024 * (fan_in + fan_out))
+            rows.append((f"{fan_in} -> {fan_out}, D = {num_domains}", num_domains * rank, weights_per_row, *ratios))
     return rows
 
 
@@ -153,11 +162,13 @@ def main() -> None:
             print(f"  {label:<32} plain {plain_ms:6.3f} ms   {ratio:.2f}x  "
                   f"target <= {target}x: {'met' if ratio <= target else 'MISSED'}")
     if "paths" in parts:
-        print("\nOne layer, forward + backward on 1,024 mixed rows, relative to the plain layer")
-        print(f"  {'layer':<22}{'D*r':>6}{'masked':>9}{'grouped':>9}  faster")
-        for label, codes, masked_ratio, grouped_ratio in path_rows(rounds, calls, args.device):
-            faster = "masked" if masked_ratio <= grouped_ratio else "grouped"
-            print(f"  {label:<22}{codes:>6}{masked_ratio:>8.2f}x{grouped_ratio:>8.2f}x  {faster}")
+        print("\nOne layer, forward + backward on 1,024 mixed rows (merged: the same rows sorted), relative to the "
+              "plain layer;\nweights/rows = D*in*out / (N*(in+out))")
+        print(f"  {'layer':<22}{'D*r':>6}{'weights/rows':>14}{'masked':>9}{'grouped':>9}{'merged':>9}  fastest")
+        for label, codes, weights_per_row, *ratios in path_rows(rounds, calls, args.device):
+            fastest = ("masked", "grouped", "merged")[ratios.index(min(ratios))]
+            print(f"  {label:<22}{codes:>6}{weights_per_row:>14.2f}" + "".join(f"{r:>8.2f}x" for r in ratios)
+                  + f"  {fastest}")
 
 
 if __name__ == "__main__":

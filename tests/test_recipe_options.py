@@ -341,7 +341,7 @@ def test_two_stage_result_is_the_best_validation_epoch_it_may_choose(tmp_path, k
     """Off: the adapter stage's best epoch, even below the shared model. On (`mlora.keep_shared_if_better`): the
     best epoch of both stages, here the shared one, with the saved adapters still at zero."""
     cfg = training.load_config(TINY, [f"output_dir={tmp_path}", "mlora.mode=two_stage", "train.max_epochs=3",
-                                   "data.domain_effect=0", "mlora.r=16", "train.lr=0.1",
+                                   "data.domain_effect=0", "mlora.r=16", "train.lr=0.1", "mlora.lr_ratio=10",
                                    f"mlora.keep_shared_if_better={str(keep).lower()}"])
     results = training.train(cfg, tmp_path)
     assert results["kept_shared_model"] == keep

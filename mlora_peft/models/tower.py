@@ -131,6 +131,9 @@ class Backbone(nn.Module):
     """
 
     paper: ClassVar[str] = ""
+    mlora_rows_independent: ClassVar[bool] = True
+    """Each output row depends on its own input row alone (batch statistics aside), so MLoRA may sort
+    a call's rows by domain inside the call (`mlora_peft.tuner.row_order`)."""
     deep: DeepTower
 
     @property

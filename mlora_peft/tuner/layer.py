@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from .config import MultiDomainLoraConfig
 from .masked_linear import MASKED_MAX_CODES, masked_linear
+from .merged_linear import fits_merged_path, grouped_mm_supports, merged_linear, merged_path_supports
 from .routed_linear import routed_linear
 from .routing import Routing, context_routing, current_routing
 
@@ -193,8 +194,17 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     def _routed(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], A: Tensor, B: Tensor,
                 domain_bias: Optional[Tensor], routing: Routing, name: str, adapter_input: Optional[Tensor]) -> Tensor:
-        """The routed map by the path that suits the call: grouped or masked (see `uses_masked_path`)."""
+        """The routed map by the path that suits the call: merged (see `uses_merged_path`), grouped or
+        masked (see `uses_masked_path`)."""
         scaling = self.scaling[name]
+        if adapter_input is None and uses_merged_path(x, weight, routing):
+            domain = routing.single_domain
+            if domain is None:
+                return merged_linear(x, weight, bias, A, B, domain_bias, routing.sorted_offsets(), routing.domain_ids,
+                                     scaling)
+            one = slice(domain, domain + 1)
+            return merged_linear(x, weight, bias, A[one], B[one], None if domain_bias is None else domain_bias[one],
+                                 None, None, scaling)
         if routing.single_domain is None and uses_masked_path(x.device, A.shape[0] * A.shape[1]):
             return masked_linear(x, weight, bias, A, B, domain_bias, routing.domain_ids,
                                  routing.off_domain(A.shape[0]), scaling, adapter_input)
@@ -314,6 +324,20 @@ def _aligned(x: Tensor) -> Tensor:
 def _cast(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     """`tensor` in `dtype` (None stays None); no call at all when it already is, which saves time per step."""
     return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def uses_merged_path(x: Tensor, weight: Optional[Tensor], routing: Routing) -> bool:
+    """Whether the call takes the merged path (`merged_linear`): float32 CPU rows, a base weight that
+    trains (or no gradients at all, so the per-domain weight gradients are no extra work), and rows
+    of one domain, or sorted by domain with merged weights no larger than the rows
+    (`fits_merged_path`)."""
+    if weight is None or not merged_path_supports(x) or (torch.is_grad_enabled() and not weight.requires_grad):
+        return False
+    if routing.single_domain is not None:
+        return True
+    fan_out, fan_in = weight.shape
+    return (grouped_mm_supports(fan_in, fan_out) and fits_merged_path(routing.num_domains, fan_in, fan_out, x.shape[0])
+            and routing.sorted_offsets() is not None)
 
 
 def uses_masked_path(device: torch.device, codes: int) -> bool:

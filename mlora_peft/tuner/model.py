@@ -12,7 +12,8 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import MultiDomainLoraConfig
 from .layer import MultiDomainLoraLayer
-from .routing import end_routing, route
+from .merged_linear import grouped_mm_supports
+from .routing import MERGED_LAYER_SHAPE, end_routing, route
 
 PREFIX = "mdlora_"
 _HOOK_HANDLES = "_mdlora_hook_handles"
@@ -64,6 +65,10 @@ class MultiDomainLoraModel(BaseTuner):
     def _post_injection_hook(self, model: nn.Module, config: MultiDomainLoraConfig, adapter_name: str) -> None:
         if adapter_name in self.active_adapters:
             model._mdlora_routing_config = config
+        shapes = [(m.in_features, m.out_features) for m in model.modules()
+                  if isinstance(m, MultiDomainLoraLayer) and grouped_mm_supports(m.in_features, m.out_features)]
+        if shapes:
+            setattr(model, MERGED_LAYER_SHAPE, min(shapes, key=lambda s: s[0] * s[1] / (s[0] + s[1])))
         if not getattr(model, _HOOK_HANDLES, None):
             setattr(model, _HOOK_HANDLES, [
                 model.register_forward_pre_hook(route, with_kwargs=True),
@@ -206,7 +211,7 @@ class MultiDomainLoraModel(BaseTuner):
         model = super()._unload_and_optionally_merge(merge=False, progressbar=progressbar)
         for handle in getattr(model, _HOOK_HANDLES, []):
             handle.remove()
-        for attr in (_HOOK_HANDLES, "_mdlora_routing_config"):
+        for attr in (_HOOK_HANDLES, "_mdlora_routing_config", MERGED_LAYER_SHAPE):
             if hasattr(model, attr):
                 delattr(model, attr)
         return model

@@ -24,7 +24,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .merged_linear import fits_merged_path
 from .routed_linear import DomainSegments, group_by_domain
+from .row_order import domain_order, inverse, reorder, rows_are_independent
 
 DomainIds = Union[Tensor, int, str, Sequence[int], Sequence[str]]
 """What a caller may pass as domain ids: an int tensor `(N,)` / `(N, 1)`, an int or 0-d tensor
@@ -33,6 +35,9 @@ DomainIds = Union[Tensor, int, str, Sequence[int], Sequence[str]]
 DOMAIN_IDS_KWARG = "domain_ids"
 _context_ids: contextvars.ContextVar[Optional[DomainIds]] = contextvars.ContextVar("mlora_domain_ids", default=None)
 _active: contextvars.ContextVar[tuple["Routing", ...]] = contextvars.ContextVar("mlora_routing", default=())
+MERGED_LAYER_SHAPE = "_mdlora_merged_layer_shape"
+"""Attribute of an adapted model: `(in, out)` of its adapted layer that takes the merged path from the
+fewest rows on (least `in * out / (in + out)`); sorting a call's rows pays once that layer fits."""
 _traced: list["Routing"] = []  # the stack while dynamo traces; empty again once each traced call ends
 
 
@@ -45,10 +50,13 @@ class Routing:
         single_domain: the domain of every row when the call is known to hold one, else None.
     """
 
-    def __init__(self, domain_ids: Tensor, num_domains: int, single_domain: Optional[int]) -> None:
+    def __init__(self, domain_ids: Tensor, num_domains: int, single_domain: Optional[int],
+                 rows_sorted: Optional[bool] = None, order: Optional[Tensor] = None) -> None:
         self.domain_ids = domain_ids
         self.num_domains = num_domains
         self.single_domain = single_domain
+        self.order = order  # when the call's rows were sorted by domain: the batch row of each sorted row
+        self._rows_sorted = rows_sorted  # None: not known yet
         self._derived: dict[Any, Any] = {}  # per call, so no lock: one call runs in one thread at a time
 
     @property
@@ -64,6 +72,16 @@ class Routing:
                 self._derived["segments"] = group_by_domain(self.domain_ids, self.num_domains)
         return self._derived["segments"]
 
+    def sorted_offsets(self) -> Optional[Tensor]:
+        """`(D,)` int32 end row of each domain when the rows are sorted by domain (CPU ids), else None."""
+        if "offsets" not in self._derived:
+            ids = self.domain_ids
+            if self._rows_sorted is None:
+                self._rows_sorted = ids.device.type == "cpu" and bool((ids[1:] >= ids[:-1]).all())
+            counts = torch.bincount(ids, minlength=self.num_domains) if self._rows_sorted else None
+            self._derived["offsets"] = None if counts is None else counts.cumsum(0).to(torch.int32)
+        return self._derived["offsets"]
+
     def off_domain(self, num_domains: int) -> Tensor:
         """`(N, D, 1)` bool, True where a row's domain is not d: the mask of the masked path."""
         key = ("off", num_domains)
@@ -78,7 +96,8 @@ class Routing:
             return self
         key = ("on", device)
         if key not in self._derived:
-            self._derived[key] = Routing(self.domain_ids.to(device), self.num_domains, self.single_domain)
+            self._derived[key] = Routing(self.domain_ids.to(device), self.num_domains, self.single_domain,
+                                         self._rows_sorted)
         return self._derived[key]
 
     def repeated(self, rows: int) -> "Routing":
@@ -94,7 +113,7 @@ class Routing:
         key = ("repeated", rows)
         if key not in self._derived:
             ids = self.domain_ids.repeat_interleave(per_sample)  # (N * L,)
-            self._derived[key] = Routing(ids, self.num_domains, self.single_domain)
+            self._derived[key] = Routing(ids, self.num_domains, self.single_domain, self._rows_sorted)
         return self._derived[key]
 
 
@@ -331,10 +350,34 @@ def route(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         first = first_tensor(args, kwargs, config.domain_key)
         device, rows = (None, None) if first is None else (first.device, first.shape[0])
         routing = make_routing(raw, config.num_domains, config.domain_names, device, rows)
+        if _sorting_pays(module, routing, rows):
+            order = domain_order(routing.domain_ids)
+            if order is None:
+                routing = Routing(routing.domain_ids, routing.num_domains, None, rows_sorted=True)
+            else:
+                args, kwargs = reorder(args, order, rows), reorder(kwargs, order, rows)
+                sorted_ids = routing.domain_ids.index_select(0, order)
+                routing = Routing(sorted_ids, routing.num_domains, None, rows_sorted=True, order=order)
     _push(routing)
     return args, kwargs
 
 
-def end_routing(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    """Forward hook (also called when the forward raises): end the call's routing."""
+def end_routing(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """Forward hook (also called when the forward raises): end the call's routing; give rows sorted
+    on entry back in the caller's order."""
+    routing = current_routing()
     _pop()
+    if output is None or routing is None or routing.order is None:
+        return None
+    return reorder(output, inverse(routing.order), routing.num_rows)
+
+
+def _sorting_pays(module: nn.Module, routing: Routing, rows: Optional[int]) -> bool:
+    """Whether to sort a call's rows by domain: a mixed CPU batch, a row-independent model, and at
+    least one adapted layer that then takes the merged path (`merged_linear.fits_merged_path`)."""
+    if routing.single_domain is not None or rows is None or routing.domain_ids.device.type != "cpu":
+        return False
+    if torch.compiler.is_compiling() or not rows_are_independent(module):
+        return False
+    shape = getattr(module, MERGED_LAYER_SHAPE, None)
+    return shape is not None and fits_merged_path(routing.num_domains, *shape, rows)

@@ -1,0 +1,135 @@
+"""The merged multi-domain linear map: rows sorted by domain, one grouped product with per-domain weights.
+
+For rows sorted by domain (domain d owns the rows `offsets[d-1]:offsets[d]`) it computes
+`W_d x + b + b_d` with the merged weights `W_d = W + s * B_d A_d`, built for the call (nothing is
+cached), in one grouped matrix product (`torch.nn.functional.grouped_mm`): the FLOPs of the plain
+layer plus `D * out * in` for the merged weights. The backward takes the per-domain weight
+gradients `G_d = g_d^T x_d` from one grouped product (together they cost what the plain `W`
+gradient costs), then `dW = sum_d G_d`, `dA_d = s B_d^T G_d`, `dB_d = s G_d A_d^T`: the adapter
+gradients never make a pass over the rows. At CTR sizes this is the cheapest path while the merged
+weights are smaller than the rows (`fits_merged_path`); it needs float32 on the CPU, widths
+that are multiples of 4 and a trainable (or gradient-free) base weight.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def merged_path_supports(x: Tensor) -> bool:
+    """Whether rows `x` may take the merged path at all: float32 on the CPU, in eager mode (low
+    precision would round the small `s B_d A_d` away in the merged weights)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+
+
+def grouped_mm_supports(fan_in: int, fan_out: int) -> bool:
+    """Whether this torch has the grouped product (torch >= 2.9) for a `fan_in -> fan_out` layer: its
+    widths must be multiples of 4, so that every row starts on a 16-byte boundary."""
+    return hasattr(F, "grouped_mm") and fan_in % 4 == 0 and fan_out % 4 == 0
+
+
+MERGED_MAX_WEIGHTS_PER_ROW = {True: 1.0, False: 1.5}
+"""The largest ratio of merged-weight numbers (`D * out * in`) to row numbers (`N * (in + out)`) at
+which a layer takes the merged path, with gradients (True) and without (False).
+
+Measured with `python -m benchmarks.bench_step_serving --only paths` (one thread, the zoo tower's
+32 -> 256, 256 -> 128 and 128 -> 64 layers, sorted rows, D = 10 to 100): with gradients the merged
+path wins up to a ratio of about 1 and loses beyond it (at D = 100 and 1,024 rows it costs 4-7x
+the plain layer, the grouped path 2.3-3.2x); forward only, it wins up to about 1.7 and loses from
+about 2."""
+
+
+def fits_merged_path(num_domains: int, fan_in: int, fan_out: int, rows: int) -> bool:
+    """Whether a layer's merged weights are small enough, next to its rows, for the merged path to pay."""
+    limit = MERGED_MAX_WEIGHTS_PER_ROW[torch.is_grad_enabled()]
+    return num_domains * fan_in * fan_out <= limit * rows * (fan_in + fan_out)
+
+
+def merged_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    lora_A: Tensor,
+    lora_B: Tensor,
+    domain_bias: Optional[Tensor],
+    offsets: Optional[Tensor],
+    row_domains: Optional[Tensor],
+    scaling: float,
+) -> Tensor:
+    """`x @ (W + s B_d A_d)^T + b + b_d` for `(N, in)` rows sorted by domain.
+
+    Args:
+        x: `(N, in)` rows, those of domain d at `offsets[d-1]:offsets[d]`.
+        weight, bias: the base `(out, in)` weight and `(out,)` bias (or None).
+        lora_A, lora_B, domain_bias: `(K, r, in)`, `(K, out, r)` and `(K, out)` (or None) stacks of
+            the K domains the offsets name (all D of them, or the one domain of a one-domain call).
+        offsets: `(K,)` int32 end row of each domain, the last equal to N; None when K is 1.
+        row_domains: `(N,)` int64 domain of each row, or None when K is 1.
+        scaling: factor of the low-rank term.
+
+    Returns:
+        `(N, out)` output.
+    """
+    return _MergedLinear.apply(x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling)
+
+
+class _MergedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling):
+        x = x.contiguous()
+        weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (K, out, in)
+        row_bias = _row_bias(bias, domain_bias, row_domains)
+        if offsets is None:  # one domain: one product, the bias added inside it
+            out = x @ weights[0].t() if row_bias is None else torch.addmm(row_bias, x, weights[0].t())
+        else:
+            out = F.grouped_mm(x, weights.transpose(1, 2), offs=offsets)  # (N, out)
+            if row_bias is not None:
+                out.add_(row_bias)
+        ctx.scaling = scaling
+        ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
+        ctx.save_for_backward(x, weights, lora_A, lora_B, offsets, row_domains)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weights, lora_A, lora_B, offsets, row_domains = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # e.g. the expanded gradient of a sum
+        need = ctx.needs_input_grad  # x, weight, bias, A, B, domain_bias, ...
+        grad_x = grad_w = grad_b = grad_A = grad_B = grad_db = None
+        if need[0]:
+            grad_x = grad_out @ weights[0] if offsets is None else F.grouped_mm(grad_out, weights, offs=offsets)
+        if need[1] or need[3] or need[4]:
+            if offsets is None:
+                per_domain = (grad_out.t() @ x).unsqueeze(0)  # (1, out, in)
+            else:
+                per_domain = F.grouped_mm(grad_out.t(), x, offs=offsets)  # (K, out, in): G_d = g_d^T x_d
+            if need[1]:
+                grad_w = per_domain.sum(0) if per_domain.shape[0] > 1 else per_domain[0]
+            if need[3]:
+                grad_A = _scaled(torch.bmm(lora_B.transpose(1, 2), per_domain), ctx.scaling)  # (K, r, in)
+            if need[4]:
+                grad_B = _scaled(torch.bmm(per_domain, lora_A.transpose(1, 2)), ctx.scaling)  # (K, out, r)
+        if need[2] or need[5]:
+            if row_domains is None:
+                sums = grad_out.sum(0, keepdim=True)  # (1, out)
+            else:
+                sums = grad_out.new_zeros(lora_B.shape[0], grad_out.shape[1]).index_add_(0, row_domains, grad_out)
+            grad_db = sums if need[5] and ctx.has_domain_bias else None
+            grad_b = sums.sum(0) if need[2] and ctx.has_bias else None
+        return grad_x, grad_w, grad_b, grad_A, grad_B, grad_db, None, None, None
+
+
+def _row_bias(bias: Optional[Tensor], domain_bias: Optional[Tensor], row_domains: Optional[Tensor]) -> Optional[Tensor]:
+    """What each row adds: `(N, out)`, or `(1, out)` when every row adds the same, or None."""
+    if domain_bias is None:
+        return bias
+    per_domain = domain_bias if bias is None else domain_bias + bias  # (K, out)
+    return per_domain if row_domains is None else per_domain.index_select(0, row_domains)
+
+
+def _scaled(product: Tensor, scaling: float) -> Tensor:
+    return product if scaling == 1.0 else product.mul_(scaling)
