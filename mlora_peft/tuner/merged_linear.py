@@ -32,21 +32,17 @@ def grouped_mm_supports(fan_in: int, fan_out: int) -> bool:
     return hasattr(F, "grouped_mm") and fan_in % 4 == 0 and fan_out % 4 == 0
 
 
-MERGED_MAX_WEIGHTS_PER_ROW = {True: 1.0, False: 1.5}
-"""The largest ratio of merged-weight numbers (`D * out * in`) to row numbers (`N * (in + out)`) at
-which a layer takes the merged path, with gradients (True) and without (False).
-
-Measured with `python -m benchmarks.bench_step_serving --only paths` (one thread, the zoo tower's
-32 -> 256, 256 -> 128 and 128 -> 64 layers, sorted rows, D = 10 to 100): with gradients the merged
-path wins up to a ratio of about 1 and loses beyond it (at D = 100 and 1,024 rows it costs 4-7x
-the plain layer, the grouped path 2.3-3.2x); forward only, it wins up to about 1.7 and loses from
-about 2."""
-
-
 def fits_merged_path(num_domains: int, fan_in: int, fan_out: int, rows: int) -> bool:
-    """Whether a layer's merged weights are small enough, next to its rows, for the merged path to pay."""
-    limit = MERGED_MAX_WEIGHTS_PER_ROW[torch.is_grad_enabled()]
-    return num_domains * fan_in * fan_out <= limit * rows * (fan_in + fan_out)
+    """Whether a layer's merged weights (`D * out * in` numbers) are no more than its rows' inputs and
+    outputs (`N * (in + out)`): where the merged path pays.
+
+    Measured with `python -m benchmarks.bench_step_serving --only paths` (one thread, forward +
+    backward, the zoo tower's 32 -> 256, 256 -> 128 and 128 -> 64 layers, 1,024 rows): the merged
+    path wins up to a ratio of about 1 and loses beyond it (at D = 100 it costs 4-7x the plain
+    layer, the grouped path 2.3-3.2x). Forward only it wins a little further, but in a whole served
+    model the sort that feeds it did not pay at 256 rows and D = 10, so the bound is the same.
+    """
+    return num_domains * fan_in * fan_out <= rows * (fan_in + fan_out)
 
 
 def merged_linear(
