@@ -7,7 +7,8 @@ reported, which cancels load that comes and goes on a shared machine):
   step     forward, backward and Adam update of DeepFM (user and item ids with 10,000 values, a
            price, the domain id; hidden [256, 128, 64], dropout 0.5) on a mixed batch, MLoRA joint
            training at the default rank divisor, against the same step of the plain model;
-           D = 2, 10, 100.
+           D = 2, 10, 100. The batch comes unsorted; the zoo model sorts it by domain inside the
+           call (`mlora_rows_independent`), and that sort is part of the measured step.
   serving  one call in `torch.inference_mode()` of the eval model: one user's 256 candidates of
            one domain, 256 mixed rows, 4,096 mixed rows; D = 10 and 100.
   paths    forward + backward of one adapted layer by the masked path and the grouped path (mixed
