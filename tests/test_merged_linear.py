@@ -20,6 +20,7 @@ CASES = [  # (rows, in, out, rank, domains, pattern)
     (40, 8, 12, 2, 4, "sorted"),
     (30, 4, 8, 3, 7, "sorted"),  # domains with no rows
     (25, 12, 4, 1, 1, "sorted"),  # one domain stack
+    (90, 4, 8, 1, 20, "sorted"),  # more domains than SEGMENT_BIAS_MAX_DOMAINS: the bias gathered per row
     (33, 8, 4, 2, 5, "one"),  # a one-domain call: the narrowed stacks, no offsets
 ]
 

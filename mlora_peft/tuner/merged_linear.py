@@ -45,6 +45,11 @@ def fits_merged_path(num_domains: int, fan_in: int, fan_out: int, rows: int) -> 
     return num_domains * fan_in * fan_out <= rows * (fan_in + fan_out)
 
 
+SEGMENT_BIAS_MAX_DOMAINS = 16
+"""Up to this many domains the merged path adds each domain's bias to its slice of rows; above it, it
+gathers the bias per row (one buffer of the output's size, but no operation per domain)."""
+
+
 def merged_linear(
     x: Tensor,
     weight: Tensor,
@@ -78,13 +83,12 @@ class _MergedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling):
         x = x.contiguous()
         weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (K, out, in)
-        row_bias = _row_bias(bias, domain_bias, row_domains)
+        per_domain_bias = bias if domain_bias is None else domain_bias if bias is None else domain_bias + bias
         if offsets is None:  # one domain: one product, the bias added inside it
-            out = x @ weights[0].t() if row_bias is None else torch.addmm(row_bias, x, weights[0].t())
+            out = x @ weights[0].t() if per_domain_bias is None else torch.addmm(per_domain_bias, x, weights[0].t())
         else:
             out = F.grouped_mm(x, weights.transpose(1, 2), offs=offsets)  # (N, out)
-            if row_bias is not None:
-                out.add_(row_bias)
+            _add_bias(out, per_domain_bias, offsets, row_domains)
         ctx.scaling = scaling
         ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
         ctx.save_for_backward(x, weights, lora_A, lora_B, offsets, row_domains)
@@ -119,12 +123,24 @@ class _MergedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_db, None, None, None
 
 
-def _row_bias(bias: Optional[Tensor], domain_bias: Optional[Tensor], row_domains: Optional[Tensor]) -> Optional[Tensor]:
-    """What each row adds: `(N, out)`, or `(1, out)` when every row adds the same, or None."""
-    if domain_bias is None:
-        return bias
-    per_domain = domain_bias if bias is None else domain_bias + bias  # (K, out)
-    return per_domain if row_domains is None else per_domain.index_select(0, row_domains)
+def _add_bias(out: Tensor, bias: Optional[Tensor], offsets: Tensor, row_domains: Tensor) -> None:
+    """Add to `out`, in place, the `(out,)` bias of every row or the `(K, out)` bias of each row's domain.
+
+    Up to `SEGMENT_BIAS_MAX_DOMAINS` domains, each domain's bias is added to its slice of rows (one
+    pass over `out`, no `(N, out)` buffer); above it, gathered per row first (fewer operations).
+    """
+    if bias is None:
+        return
+    if bias.dim() == 1:
+        out.add_(bias)
+    elif bias.shape[0] <= SEGMENT_BIAS_MAX_DOMAINS:
+        start = 0
+        for domain, end in enumerate(offsets.tolist()):
+            if end > start:
+                out[start:end].add_(bias[domain])
+            start = end
+    else:
+        out.add_(bias.index_select(0, row_domains))
 
 
 def _scaled(product: Tensor, scaling: float) -> Tensor:
