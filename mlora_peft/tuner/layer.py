@@ -122,7 +122,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         name = self._adapter_to_route()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
-        flat = x.reshape(-1, self.in_features)  # (N * L, in) for inputs of shape (N, ..., in)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (N * L, in) for inputs (N, ..., in)
         routing = self._routing_for(flat, name)
         if routing.single_domain is not None and not self.training and not torch.is_grad_enabled():
             device = x.device  # serving one domain: its merged weights, no ids needed
@@ -133,7 +133,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
             if flat.shape[0] != routing.num_rows:
                 routing = routing.repeated(flat.shape[0])
             out = self._adapter_forward(flat, name, routing.on(x.device))  # (N * L, out)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def _adapter_to_route(self) -> Optional[str]:
         """The adapter this forward routes through, or None when the base layer alone answers."""
@@ -218,10 +218,13 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         """
         base = self.base_layer
         A, B = self.mdlora_A[name][domain], self.mdlora_B[name][domain]  # (r, in), (out, r)
-        weight = torch.addmm(_cast(base.weight, dtype), _cast(B, dtype), _cast(A, dtype), alpha=self.scaling[name])
-        bias = _cast(base.bias, dtype)
-        if name in self.mdlora_bias:
-            domain_bias = _cast(self.mdlora_bias[name][domain], dtype)
+        weight, bias = base.weight, base.bias
+        if weight.dtype != dtype or A.dtype != dtype:
+            weight, bias, A, B = (_cast(t, dtype) for t in (weight, bias, A, B))
+        weight = torch.addmm(weight, B, A, alpha=self.scaling[name])
+        domain_bias = self.mdlora_bias.get(name)
+        if domain_bias is not None:
+            domain_bias = _cast(domain_bias[domain], dtype)
             bias = domain_bias if bias is None else bias + domain_bias
         return weight, bias
 
