@@ -220,3 +220,29 @@ def test_threads_share_a_row_sorting_model():
     assert errors == []
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_sorted_ids_take_the_merged_path_through_a_sequence_model():
+    """Ids already sorted (as the `sorted` composition delivers them) reach the merged path in any model,
+    also for layers applied to `(N, L, width)` inputs; values and gradients match the per-row reference."""
+    from tests.models import NestedModel
+
+    torch.manual_seed(0)
+    config = MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False, train_base=True)
+    model = get_peft_model(NestedModel(), config)
+    tokens = NestedModel.example_inputs(30, torch.Generator().manual_seed(1))
+    ids = torch.arange(30) * DOMAINS // 30  # sorted
+    taken = []
+    original = mlora_peft.tuner.layer.merged_linear
+    mlora_peft.tuner.layer.merged_linear = lambda *a: taken.append(a[0].shape) or original(*a)
+    try:
+        out = model(tokens, domain_ids=ids)
+    finally:
+        mlora_peft.tuner.layer.merged_linear = original
+    assert (150, 8) in taken  # the (N, L, 8) projection, as 30 * 5 rows
+    want = model_reference(NestedModel(), model.base_model.model, tokens, ids)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    upstream = torch.randn_like(out)
+    for got, expected in zip(torch.autograd.grad(out, params, upstream), torch.autograd.grad(want, params, upstream)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
