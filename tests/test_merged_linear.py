@@ -12,7 +12,7 @@ from peft import get_peft_model
 import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer, models
 from mlora_peft.features import DenseFeature, SparseFeature
-from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear
+from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear, one_domain_linear
 from mlora_peft.tuner.routing import Routing, current_routing
 from tests.reference import mlora_linear_reference, model_reference
 
@@ -21,7 +21,7 @@ CASES = [  # (rows, in, out, rank, domains, pattern)
     (30, 4, 8, 3, 7, "sorted"),  # domains with no rows
     (25, 12, 4, 1, 1, "sorted"),  # one domain stack
     (90, 4, 8, 1, 20, "sorted"),  # more domains than SEGMENT_BIAS_MAX_DOMAINS: the bias gathered per row
-    (33, 8, 4, 2, 5, "one"),  # a one-domain call: the narrowed stacks, no offsets
+    (33, 8, 4, 2, 5, "one"),  # a one-domain call: that domain's slices, one product
 ]
 
 
@@ -49,10 +49,9 @@ def _inputs(rows, fan_in, fan_out, rank, domains, pattern, with_bias=True, base_
 def _merged(params, ids, pattern, scaling):
     if pattern == "one":
         d = int(ids[0])
-        one = slice(d, d + 1)
-        stacks = [params["lora_A"][one], params["lora_B"][one],
-                  None if params["domain_bias"] is None else params["domain_bias"][one]]
-        return merged_linear(params["x"], params["weight"], params["bias"], *stacks, None, None, scaling)
+        slices = [params["lora_A"][d], params["lora_B"][d],
+                  None if params["domain_bias"] is None else params["domain_bias"][d]]
+        return one_domain_linear(params["x"], params["weight"], params["bias"], *slices, scaling)
     offsets = torch.bincount(ids, minlength=params["lora_A"].shape[0]).cumsum(0).to(torch.int32)
     return merged_linear(params["x"], params["weight"], params["bias"], params["lora_A"], params["lora_B"],
                          params["domain_bias"], offsets, ids, scaling)

@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from .config import MultiDomainLoraConfig
 from .masked_linear import MASKED_MAX_CODES, masked_linear
-from .merged_linear import fits_merged_path, grouped_mm_supports, merged_linear, merged_path_supports
+from .merged_linear import (fits_merged_path, grouped_mm_supports, merged_linear, merged_path_supports,
+                            one_domain_linear)
 from .routed_linear import routed_linear
 from .routing import Routing, context_routing, current_routing
 
@@ -198,13 +199,12 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         masked (see `uses_masked_path`)."""
         scaling = self.scaling[name]
         if adapter_input is None and uses_merged_path(x, weight, routing):
-            domain = routing.single_domain
-            if domain is None:
+            d = routing.single_domain
+            if d is None:
                 return merged_linear(x, weight, bias, A, B, domain_bias, routing.sorted_offsets(), routing.domain_ids,
                                      scaling)
-            one = slice(domain, domain + 1)
-            return merged_linear(x, weight, bias, A[one], B[one], None if domain_bias is None else domain_bias[one],
-                                 None, None, scaling)
+            return one_domain_linear(x, weight, bias, A[d], B[d], None if domain_bias is None else domain_bias[d],
+                                     scaling)
         if routing.single_domain is None and uses_masked_path(x.device, A.shape[0] * A.shape[1]):
             return masked_linear(x, weight, bias, A, B, domain_bias, routing.domain_ids,
                                  routing.off_domain(A.shape[0]), scaling, adapter_input)

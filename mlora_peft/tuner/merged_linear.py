@@ -9,6 +9,9 @@ gradient costs), then `dW = sum_d G_d`, `dA_d = s B_d^T G_d`, `dB_d = s G_d A_d^
 gradients never make a pass over the rows. At CTR sizes this is the cheapest path while the merged
 weights are smaller than the rows (`fits_merged_path`); it needs float32 on the CPU, widths
 that are multiples of 4 and a trainable (or gradient-free) base weight.
+
+Rows of one domain need no grouping: `one_domain_linear` multiplies them by that domain's merged
+weight with torch's own operations.
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ def merged_linear(
     lora_A: Tensor,
     lora_B: Tensor,
     domain_bias: Optional[Tensor],
-    offsets: Optional[Tensor],
-    row_domains: Optional[Tensor],
+    offsets: Tensor,
+    row_domains: Tensor,
     scaling: float,
 ) -> Tensor:
     """`x @ (W + s B_d A_d)^T + b + b_d` for `(N, in)` rows sorted by domain.
@@ -66,10 +69,9 @@ def merged_linear(
     Args:
         x: `(N, in)` rows, those of domain d at `offsets[d-1]:offsets[d]`.
         weight, bias: the base `(out, in)` weight and `(out,)` bias (or None).
-        lora_A, lora_B, domain_bias: `(K, r, in)`, `(K, out, r)` and `(K, out)` (or None) stacks of
-            the K domains the offsets name (all D of them, or the one domain of a one-domain call).
-        offsets: `(K,)` int32 end row of each domain, the last equal to N; None when K is 1.
-        row_domains: `(N,)` int64 domain of each row, or None when K is 1.
+        lora_A, lora_B, domain_bias: `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks.
+        offsets: `(D,)` int32 end row of each domain, the last equal to N.
+        row_domains: `(N,)` int64 domain of each row.
         scaling: factor of the low-rank term.
 
     Returns:
@@ -78,17 +80,23 @@ def merged_linear(
     return _MergedLinear.apply(x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling)
 
 
+def one_domain_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
+                      domain_bias: Optional[Tensor], scaling: float) -> Tensor:
+    """`x @ (W + s B_d A_d)^T + b + b_d` for rows of one domain d, given its `(r, in)`, `(out, r)` and
+    `(out,)` slices: one product, in torch's own operations, whose backward derives the adapter
+    gradients from the `(out, in)` weight gradient (measured faster than a hand-written function)."""
+    merged_bias = bias if domain_bias is None else domain_bias if bias is None else bias + domain_bias
+    return F.linear(x, torch.addmm(weight, lora_B, lora_A, alpha=scaling), merged_bias)
+
+
 class _MergedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling):
         x = x.contiguous()
-        weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (K, out, in)
+        weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (D, out, in)
+        out = F.grouped_mm(x, weights.transpose(1, 2), offs=offsets)  # (N, out)
         per_domain_bias = bias if domain_bias is None else domain_bias if bias is None else domain_bias + bias
-        if offsets is None:  # one domain: one product, the bias added inside it
-            out = x @ weights[0].t() if per_domain_bias is None else torch.addmm(per_domain_bias, x, weights[0].t())
-        else:
-            out = F.grouped_mm(x, weights.transpose(1, 2), offs=offsets)  # (N, out)
-            _add_bias(out, per_domain_bias, offsets, row_domains)
+        _add_bias(out, per_domain_bias, offsets, row_domains)
         ctx.scaling = scaling
         ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
         ctx.save_for_backward(x, weights, lora_A, lora_B, offsets, row_domains)
@@ -101,23 +109,17 @@ class _MergedLinear(torch.autograd.Function):
         need = ctx.needs_input_grad  # x, weight, bias, A, B, domain_bias, ...
         grad_x = grad_w = grad_b = grad_A = grad_B = grad_db = None
         if need[0]:
-            grad_x = grad_out @ weights[0] if offsets is None else F.grouped_mm(grad_out, weights, offs=offsets)
+            grad_x = F.grouped_mm(grad_out, weights, offs=offsets)  # (N, in)
         if need[1] or need[3] or need[4]:
-            if offsets is None:
-                per_domain = (grad_out.t() @ x).unsqueeze(0)  # (1, out, in)
-            else:
-                per_domain = F.grouped_mm(grad_out.t(), x, offs=offsets)  # (K, out, in): G_d = g_d^T x_d
+            per_domain = F.grouped_mm(grad_out.t(), x, offs=offsets)  # (D, out, in): G_d = g_d^T x_d
             if need[1]:
-                grad_w = per_domain.sum(0) if per_domain.shape[0] > 1 else per_domain[0]
+                grad_w = per_domain.sum(0)
             if need[3]:
-                grad_A = _scaled(torch.bmm(lora_B.transpose(1, 2), per_domain), ctx.scaling)  # (K, r, in)
+                grad_A = _scaled(torch.bmm(lora_B.transpose(1, 2), per_domain), ctx.scaling)  # (D, r, in)
             if need[4]:
-                grad_B = _scaled(torch.bmm(per_domain, lora_A.transpose(1, 2)), ctx.scaling)  # (K, out, r)
+                grad_B = _scaled(torch.bmm(per_domain, lora_A.transpose(1, 2)), ctx.scaling)  # (D, out, r)
         if need[2] or need[5]:
-            if row_domains is None:
-                sums = grad_out.sum(0, keepdim=True)  # (1, out)
-            else:
-                sums = grad_out.new_zeros(lora_B.shape[0], grad_out.shape[1]).index_add_(0, row_domains, grad_out)
+            sums = grad_out.new_zeros(lora_B.shape[0], grad_out.shape[1]).index_add_(0, row_domains, grad_out)
             grad_db = sums if need[5] and ctx.has_domain_bias else None
             grad_b = sums.sum(0) if need[2] and ctx.has_bias else None
         return grad_x, grad_w, grad_b, grad_A, grad_B, grad_db, None, None, None
