@@ -445,11 +445,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="the committed run records (one JSON line per run, per data set) the page is made from")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the page to write")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--report-only", action="store_true", help="only rewrite the page from the cache")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the page from the records")
     parser.add_argument("--reproduce", type=int, default=0, metavar="N",
-                        help="train N cached runs of --data again from scratch (a seeded sample), record how far "
-                             "their test metrics moved in <cache>/reproduced.json, then write the page")
-    parser.add_argument("--scale-rows", type=int, default=None, help="rows of the streamed scale run")
+                        help="train N recorded runs of --data again from scratch (a seeded sample), record how far "
+                             "their test metrics moved in <results>/reproduced.json, then write the page")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder with ml-100k/ and amazon-2014-5core/")
     args = parser.parse_args(argv)
     if args.data is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .figures import plot_data_set, plot_headline
 from .records import COMMANDS, DataSpec, Variant, read_records
-from .stats import BACKBONES, Variants, best_mlora, group_records, mean_of, page_order, paired, spec_of
+from .stats import Variants, backbone_effects, group_records, mean_of, page_order, spec_of
 from .tables import (HEADLINE_HEADER, SYNTHETIC_HEADER, composition_rows, divisor_rows, headline_rows, options_table, per_domain_table,
                      reproduced_lines, results_table, synthetic_rows)
 
@@ -213,16 +213,9 @@ def protocol_section(summaries: dict[str, Variants], keys: list[str]) -> list[st
 
 def _effects(summaries: dict[str, Variants], keys: list[str]) -> tuple[list[float], list[float]]:
     """Mean paired Δ of each backbone's best MLoRA config, and mean headroom, over (data set, backbone) pairs."""
-    gains, headrooms = [], []
-    for key in keys:
-        variants = summaries[key]
-        for backbone in [b for b in BACKBONES if Variant(b) in variants]:
-            best, tuned, plain = best_mlora(variants, backbone), Variant(backbone, "finetune"), Variant(backbone)
-            if best is not None:
-                gains.append(paired(variants[best], variants[plain])["mean"])
-            if tuned in variants:
-                headrooms.append(paired(variants[tuned], variants[plain])["mean"])
-    return gains, headrooms
+    effects = [effect for key in keys for effect in backbone_effects(summaries[key])]
+    return ([e.gain["mean"] for e in effects if e.gain is not None],
+            [e.headroom["mean"] for e in effects if e.headroom is not None])
 
 
 def _span(values: list[float]) -> str:

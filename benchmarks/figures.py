@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .records import Variant  # noqa: E402
-from .stats import BACKBONES, Variants, best_mlora, first_run, paired, sort_key  # noqa: E402
+from .stats import BACKBONES, Variants, backbone_effects, best_mlora, first_run, paired, sort_key  # noqa: E402
 
 
 def plot_data_set(key: str, variants: Variants, path: Path) -> None:
@@ -52,14 +52,8 @@ def plot_data_set(key: str, variants: Variants, path: Path) -> None:
 def plot_headline(summaries: dict[str, Variants], keys: list[str], path: Path) -> bool:
     """Per (data set, backbone): paired Δ test WAUC of the best MLoRA config and the per-domain fine-tuning
     headroom, each ±1 std over seeds. Returns whether there was anything to plot (nothing is written otherwise)."""
-    rows = []  # (label, Δ MLoRA, headroom)
-    for key in keys:
-        variants = summaries[key]
-        for backbone in [b for b in BACKBONES if Variant(b) in variants]:
-            best, tuned = best_mlora(variants, backbone), Variant(backbone, "finetune")
-            rows.append((f"{key} · {backbone}",
-                         paired(variants[best], variants[Variant(backbone)]) if best else None,
-                         paired(variants[tuned], variants[Variant(backbone)]) if tuned in variants else None))
+    rows = [(f"{key} · {effect.backbone}", effect.gain, effect.headroom)  # (label, Δ MLoRA, headroom)
+            for key in keys for effect in backbone_effects(summaries[key])]
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))

@@ -218,6 +218,8 @@ Runs = dict[int, RunRecord]
 
 # ---------------------------------------------------------------------------------- the committed store
 RECORDS_SUFFIX = ".jsonl"
+COMMANDS = "commands.jsonl"
+"""The commands behind the records, one JSON line each, in `<folder>/commands.jsonl`."""
 
 
 def record_line(record: RunRecord) -> str:
@@ -260,7 +262,3 @@ def read_records(folder: Path, keys: Optional[Collection[str]] = None) -> list[R
                 raise ValueError(f"{path}:{number} is not a benchmark run record ({error}); restore the file "
                                  "from git or delete the line.") from error
     return found
-
-
-COMMANDS = "commands.jsonl"
-"""The commands behind the records, one JSON line each, in `<folder>/commands.jsonl`."""

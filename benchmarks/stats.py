@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from mlora_peft import models
@@ -68,6 +69,26 @@ def best_mlora(variants: Variants, backbone: str) -> Optional[Variant]:
     """The MLoRA variant of `backbone` with the best mean validation mean AUC: any mode or divisor, and options
     of MLoRA's own settings (`mlora.*`) only, so that it differs from the plain backbone by the adapters alone."""
     return _best_on_validation(variants, lambda v: v.model == backbone and v.is_mlora and v.keeps_backbone)
+
+
+@dataclass(frozen=True)
+class BackboneEffect:
+    """What MLoRA and per-domain fine-tuning do to one backbone on one data set."""
+
+    backbone: str
+    best: Optional[Variant]  # its best MLoRA config (`best_mlora`), None when none ran
+    gain: Optional[dict]  # `paired` Δ of `best` over the backbone
+    headroom: Optional[dict]  # `paired` Δ of the backbone fine-tuned per domain (`x+finetune`) over the backbone
+
+
+def backbone_effects(variants: Variants) -> list[BackboneEffect]:
+    """One `BackboneEffect` per backbone whose plain run is recorded, in `BACKBONES` order."""
+    found = []
+    for backbone in [b for b in BACKBONES if Variant(b) in variants]:
+        plain, best, tuned = Variant(backbone), best_mlora(variants, backbone), Variant(backbone, "finetune")
+        found.append(BackboneEffect(backbone, best, None if best is None else paired(variants[best], variants[plain]),
+                                    paired(variants[tuned], variants[plain]) if tuned in variants else None))
+    return found
 
 
 def best_plain(variants: Variants, backbone: str) -> Optional[Variant]:

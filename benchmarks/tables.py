@@ -6,8 +6,8 @@ import statistics
 from typing import Optional
 
 from .records import DEFAULT_DIVISOR, ORACLE, POPULARITY, Variant
-from .stats import (BACKBONES, BASELINES, Variants, best_baseline, best_mlora, fmt_diff, mean_of, mean_std, paired,
-                    sort_key)
+from .stats import (BACKBONES, BASELINES, Variants, backbone_effects, best_baseline, best_mlora, fmt_diff, mean_of,
+                    mean_std, paired, sort_key)
 
 REPRODUCED_TOLERANCE = 1e-6
 """A rerun within this of the recorded test WAUC reproduces it."""
@@ -26,15 +26,13 @@ def headline_rows(label: str, variants: Variants, ceiling: Optional[Variant] = N
     """
     baseline = ceiling if ceiling in variants else None if ceiling else best_baseline(variants)
     rows = []
-    for backbone in [b for b in BACKBONES if Variant(b) in variants]:
-        plain, best = Variant(backbone), best_mlora(variants, backbone)
-        tuned = Variant(backbone, "finetune")
-        cells = [label, backbone, _mean(variants, Variant(POPULARITY)),
+    for effect in backbone_effects(variants):
+        best = effect.best
+        cells = [label, effect.backbone, _mean(variants, Variant(POPULARITY)),
                  "—" if baseline is None else _mean(variants, baseline) + ("" if ceiling else f" ({baseline.name})"),
-                 _mean(variants, plain),
+                 _mean(variants, Variant(effect.backbone)),
                  "—" if best is None else f"{_mean(variants, best)} ({best.config.lstrip('+')})",
-                 "—" if best is None else fmt_diff(paired(variants[best], variants[plain]), missing="—"),
-                 fmt_diff(paired(variants[tuned], variants[plain]), missing="—") if tuned in variants else "—"]
+                 fmt_diff(effect.gain, missing="—"), fmt_diff(effect.headroom, missing="—")]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
