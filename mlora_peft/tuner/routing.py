@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .merged_linear import fits_merged_path
 from .routed_linear import DomainSegments, group_by_domain
-from .row_order import domain_order, inverse, reorder, rows_are_independent
+from .row_order import domain_order, inverse, reorder, rows_are_independent, sorted_by_domain
 
 DomainIds = Union[Tensor, int, str, Sequence[int], Sequence[str]]
 """What a caller may pass as domain ids: an int tensor `(N,)` / `(N, 1)`, an int or 0-d tensor
@@ -77,7 +77,7 @@ class Routing:
         if "offsets" not in self._derived:
             ids = self.domain_ids
             if self._rows_sorted is None:
-                self._rows_sorted = ids.device.type == "cpu" and bool((ids[1:] >= ids[:-1]).all())
+                self._rows_sorted = ids.device.type == "cpu" and sorted_by_domain(ids)
             counts = torch.bincount(ids, minlength=self.num_domains) if self._rows_sorted else None
             self._derived["offsets"] = None if counts is None else counts.cumsum(0).to(torch.int32)
         return self._derived["offsets"]
