@@ -14,6 +14,7 @@ from .tuner import (
     MultiDomainLoraLayer,
     MultiDomainLoraModel,
     checkpoint_context_fn,
+    clear_merged_weights,
     domain_context,
     register,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "MultiDomainLoraLayer",
     "MultiDomainLoraModel",
     "checkpoint_context_fn",
+    "clear_merged_weights",
     "domain_context",
     "load_domains",
     "load_encoder",

@@ -4,7 +4,9 @@
 - `layer`: `MultiDomainLoraLayer`, the adapted linear layer;
 - `model`: `MultiDomainLoraModel`, the tuner that injects layers and routes calls;
 - `routing`: per-call domain ids, from a model call to its layers;
-- `routed_linear` and `masked_linear`: the two ways a layer computes a mixed batch;
+- `routed_linear`, `masked_linear` and `merged_linear`: the three ways a layer computes a mixed batch;
+- `row_order`: sorting a call's rows by domain, and back;
+- `weight_cache`: merged weights kept between calls in inference mode;
 - `registration`: the one place that registers the method with PEFT.
 """
 
@@ -13,12 +15,14 @@ from .layer import MultiDomainLoraLayer
 from .model import MultiDomainLoraModel
 from .registration import register
 from .routing import checkpoint_context_fn, domain_context
+from .weight_cache import clear_merged_weights
 
 __all__ = [
     "MultiDomainLoraConfig",
     "MultiDomainLoraLayer",
     "MultiDomainLoraModel",
     "checkpoint_context_fn",
+    "clear_merged_weights",
     "domain_context",
     "register",
 ]

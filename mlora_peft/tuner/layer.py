@@ -21,10 +21,11 @@ from torch.nn import functional as F
 
 from .config import MultiDomainLoraConfig
 from .masked_linear import MASKED_MAX_CODES, masked_linear
-from .merged_linear import (fits_merged_path, grouped_mm_supports, merged_linear, merged_path_supports,
-                            one_domain_linear)
+from .merged_linear import (fits_merged_path, grouped_linear, grouped_mm_supports, merged_linear,
+                            merged_path_supports, one_domain_linear)
 from .routed_linear import routed_linear
 from .routing import Routing, context_routing, current_routing
+from .weight_cache import MergedWeightCache
 
 
 class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
@@ -68,6 +69,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self._created_bias = False
         self._active_adapter = adapter_name
+        self._merged_weight_cache = MergedWeightCache()  # inference mode only; see `_merged_weights`
         self.update_layer(adapter_name, config)
 
     # ----------------------------------------------------------------------------- adapters
@@ -129,7 +131,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
             device = x.device  # serving one domain: its merged weights, no ids needed
             dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
             weight, bias = self._merged_weights(name, routing.single_domain, dtype)
-            out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): the plain layer's cost, plus two small ops
+            out = F.linear(_cast(flat, dtype), weight, bias)  # (N * L, out): the plain layer's cost
         else:
             if flat.shape[0] != routing.num_rows:
                 routing = routing.repeated(flat.shape[0])
@@ -200,33 +202,40 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         scaling = self.scaling[name]
         if adapter_input is None and uses_merged_path(x, weight, routing):
             d = routing.single_domain
-            if d is None:
-                return merged_linear(x, weight, bias, A, B, domain_bias, routing.sorted_offsets(), routing.domain_ids,
-                                     scaling)
-            return one_domain_linear(x, weight, bias, A[d], B[d], None if domain_bias is None else domain_bias[d],
-                                     scaling)
+            if d is not None:
+                return one_domain_linear(x, weight, bias, A[d], B[d], None if domain_bias is None else domain_bias[d],
+                                         scaling)
+            if torch.is_inference_mode_enabled():  # every domain's merged weights, kept between calls
+                return grouped_linear(x, *self._merged_weights(name, None, x.dtype), routing.sorted_offsets(),
+                                      routing.domain_ids)
+            return merged_linear(x, weight, bias, A, B, domain_bias, routing.sorted_offsets(), routing.domain_ids,
+                                 scaling)
         if routing.single_domain is None and uses_masked_path(x.device, A.shape[0] * A.shape[1]):
             return masked_linear(x, weight, bias, A, B, domain_bias, routing.domain_ids,
                                  routing.off_domain(A.shape[0]), scaling, adapter_input)
         return routed_linear(x, weight, bias, A, B, domain_bias, routing.segments(), scaling, adapter_input)
 
-    def _merged_weights(self, name: str, domain: int, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
-        """`W + s B_d A_d` (`(out, in)`) and `b + b_d` (`(out,)`) of one domain, computed for this call.
+    def _merged_weights(self, name: str, domain: Optional[int], dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+        """Domain `domain`'s merged `W + s B_d A_d` `(out, in)` and `b + b_d` `(out,)`; for domain None,
+        every domain's, stacked `(D, out, in)` and `(D, out)`.
 
-        Two small operations; nothing is cached, so an update of any weight (an optimiser step,
-        fused or not, or a write through `.data`) is always seen.
+        Built for the call; in inference mode kept in the layer's `MergedWeightCache` until a weight
+        it came from changes (an update by any optimiser, fused or not, an in-place write, a reload).
         """
-        base = self.base_layer
-        A, B = self.mdlora_A[name][domain], self.mdlora_B[name][domain]  # (r, in), (out, r)
-        weight, bias = base.weight, base.bias
-        if weight.dtype != dtype or A.dtype != dtype:
-            weight, bias, A, B = (_cast(t, dtype) for t in (weight, bias, A, B))
-        weight = torch.addmm(weight, B, A, alpha=self.scaling[name])
-        domain_bias = self.mdlora_bias.get(name)
-        if domain_bias is not None:
-            domain_bias = _cast(domain_bias[domain], dtype)
-            bias = domain_bias if bias is None else bias + domain_bias
-        return weight, bias
+        base = self.base_layer._parameters  # the storage of modules and ParameterDicts: a served call pays
+        sources = (base["weight"], base.get("bias"), *self._adapter_stacks(name))  # each lookup, per layer
+
+        def build() -> tuple[Tensor, Optional[Tensor]]:
+            return _merge(*sources, domain, self.scaling[name], dtype)
+
+        if not torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+            return build()
+        return self._merged_weight_cache.get((name, domain, dtype), sources, build)
+
+    def _adapter_stacks(self, name: str) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks of adapter `name`."""
+        return (self.mdlora_A._parameters[name], self.mdlora_B._parameters[name],
+                self.mdlora_bias._parameters.get(name))
 
     def _active_output_dropout(self) -> Optional[nn.Dropout]:
         """The base layer's `output_dropout` when it acts (training, p > 0): it then drops `W x + b` only."""
@@ -311,6 +320,20 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "mdlora." + super().__repr__()
+
+
+def _merge(weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, domain_bias: Optional[Tensor],
+           domain: Optional[int], scaling: float, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+    """`W + s B_d A_d` and `b + b_d` in `dtype`: of domain `domain`, or of every domain (None), stacked."""
+    if domain is not None:
+        A, B = A[domain], B[domain]  # (r, in), (out, r)
+        domain_bias = None if domain_bias is None else domain_bias[domain]  # (out,)
+    weight, bias, A, B, domain_bias = (_cast(t, dtype) for t in (weight, bias, A, B, domain_bias))
+    if domain is None:
+        merged = torch.baddbmm(weight.unsqueeze(0), B, A, alpha=scaling)  # (D, out, in)
+    else:
+        merged = torch.addmm(weight, B, A, alpha=scaling)  # (out, in)
+    return merged, (bias if domain_bias is None else domain_bias if bias is None else bias + domain_bias)
 
 
 def _aligned(x: Tensor) -> Tensor:

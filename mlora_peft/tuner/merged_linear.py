@@ -89,14 +89,21 @@ def one_domain_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A:
     return F.linear(x, torch.addmm(weight, lora_B, lora_A, alpha=scaling), merged_bias)
 
 
+def grouped_linear(x: Tensor, weights: Tensor, biases: Optional[Tensor], offsets: Tensor, row_domains: Tensor) -> Tensor:
+    """`x @ W_d^T + c_d` for `(N, in)` rows sorted by domain, given every domain's `(D, out, in)` weights
+    and the `(out,)` or `(D, out)` biases (or None): one grouped product."""
+    out = F.grouped_mm(x.contiguous(), weights.transpose(1, 2), offs=offsets)  # (N, out)
+    _add_bias(out, biases, offsets, row_domains)
+    return out
+
+
 class _MergedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling):
         x = x.contiguous()
         weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (D, out, in)
-        out = F.grouped_mm(x, weights.transpose(1, 2), offs=offsets)  # (N, out)
         per_domain_bias = bias if domain_bias is None else domain_bias if bias is None else domain_bias + bias
-        _add_bias(out, per_domain_bias, offsets, row_domains)
+        out = grouped_linear(x, weights, per_domain_bias, offsets, row_domains)  # (N, out)
         ctx.scaling = scaling
         ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
         ctx.save_for_backward(x, weights, lora_A, lora_B, offsets, row_domains)

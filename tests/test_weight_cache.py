@@ -1,0 +1,176 @@
+"""Merged weights kept between calls in inference mode: reused while the weights are unchanged, rebuilt
+after every kind of update, bounded, thread-safe, and never used outside inference mode."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+from peft import get_peft_model
+
+import mlora_peft
+import mlora_peft.tuner.layer
+from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer, models
+from mlora_peft.features import DenseFeature, SparseFeature
+from mlora_peft.tuner.weight_cache import MAX_ENTRIES
+from tests.reference import model_reference
+
+DOMAINS = 3
+
+
+def _zoo_pair():
+    features = [SparseFeature("user", 50), SparseFeature("item", 40), DenseFeature("price"),
+                SparseFeature("domain_id", DOMAINS)]
+    torch.manual_seed(0)
+    plain = models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0)
+    torch.manual_seed(0)
+    config = MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False, train_base=True)
+    model = get_peft_model(models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0), config)
+    return plain, model.eval()
+
+
+def _batch(rows, domain=None, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, DOMAINS, (rows,), generator=generator) if domain is None else torch.full((rows,), domain)
+    return {"user": torch.randint(0, 50, (rows,), generator=generator),
+            "item": torch.randint(0, 40, (rows,), generator=generator),
+            "price": torch.rand(rows, generator=generator), "domain_id": ids}
+
+
+def _served(model, batch):
+    with torch.inference_mode():
+        return model(batch).clone()
+
+
+def _expected(plain, model, batch):
+    with torch.no_grad():
+        return model_reference(plain, model.base_model.model, batch, batch["domain_id"])
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, MultiDomainLoraLayer)]
+
+
+def _count_builds(monkeypatch):
+    builds = []
+    merge = mlora_peft.tuner.layer._merge
+    monkeypatch.setattr(mlora_peft.tuner.layer, "_merge", lambda *args: builds.append(args[5]) or merge(*args))
+    return builds
+
+
+def _optimizer_step(model, **options):
+    params = [p for p in model.parameters() if p.requires_grad]
+    for param in params:
+        param.grad = torch.full_like(param, 0.5)
+    torch.optim.Adam(params, lr=0.1, **options).step()
+
+
+def _grow(model):
+    model.base_model.add_domains(1)
+    with torch.no_grad():
+        for layer in _layers(model):  # make the kept domains' slices differ from before, so a stale entry shows
+            layer.mdlora_B["default"].add_(0.25)
+
+
+UPDATES = {
+    "fused Adam (no version bump)": lambda model: _optimizer_step(model, fused=True),
+    "for-each Adam": lambda model: _optimizer_step(model, foreach=True),
+    "in-place write without gradients": lambda model: [
+        layer.mdlora_bias["default"].add_(1.0) for layer in _layers(model)],
+    "load_state_dict": lambda model: model.load_state_dict(
+        {k: v + 0.5 if "mdlora_A" in k else v for k, v in model.state_dict().items()}),
+    "a parameter's storage replaced": lambda model: [
+        setattr(layer.base_layer.weight, "data", layer.base_layer.weight.data * 2) for layer in _layers(model)],
+    "add_domains": _grow,
+}
+
+
+@pytest.mark.parametrize("update", list(UPDATES))
+def test_served_weights_are_reused_until_a_weight_changes(update, monkeypatch):
+    plain, model = _zoo_pair()
+    builds = _count_builds(monkeypatch)
+    batch = _batch(12, domain=1)
+    torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
+    built = len(builds)
+    assert built == len(_layers(model))  # one merged weight per layer
+    _served(model, batch)
+    assert len(builds) == built  # the second request reuses them
+
+    with torch.no_grad():
+        UPDATES[update](model)
+    torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
+    assert len(builds) == 2 * built
+
+
+def test_writes_through_data_need_clear_merged_weights():
+    plain, model = _zoo_pair()
+    batch = _batch(12, domain=2)
+    before = _served(model, batch)
+    for layer in _layers(model):
+        layer.mdlora_B["default"].data.mul_(3.0)  # no version counter sees this write
+    torch.testing.assert_close(_served(model, batch), before)  # the documented limit
+    mlora_peft.clear_merged_weights(model)
+    torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
+
+
+def test_sorted_mixed_rows_use_every_domains_kept_weights(monkeypatch):
+    plain, model = _zoo_pair()
+    builds = _count_builds(monkeypatch)
+    batch = _batch(64)
+    torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
+    assert None in builds  # a stack of every domain's weights, for the layer that takes the merged path
+    stacks = builds.count(None)
+    _served(model, _batch(64, seed=1))
+    assert builds.count(None) == stacks
+
+
+def test_only_inference_mode_keeps_weights_and_a_layer_keeps_a_bounded_number():
+    layer = MultiDomainLoraLayer(torch.nn.Linear(8, 4), "default",
+                                 MultiDomainLoraConfig(num_domains=MAX_ENTRIES + 8, r=2, init_weights=False)).eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad(), mlora_peft.domain_context(3):
+        layer(x)
+    assert len(layer._merged_weight_cache) == 0
+    with torch.inference_mode():
+        for domain in range(MAX_ENTRIES + 8):
+            with mlora_peft.domain_context(domain):
+                layer(x)
+    assert len(layer._merged_weight_cache) == MAX_ENTRIES
+
+
+def test_threads_serve_one_domain_requests_from_shared_kept_weights():
+    plain, model = _zoo_pair()
+    batches = [_batch(8 + i % 5, domain=i % DOMAINS, seed=i) for i in range(120)]
+    expected = [_expected(plain, model, b) for b in batches]
+    results, errors = [None] * len(batches), []
+
+    def worker(indices):
+        try:
+            for i in indices:
+                results[i] = _served(model, batches[i])
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(range(t, len(batches), 4),)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_copy_starts_empty_and_serves_its_own_weights():
+    plain, model = _zoo_pair()
+    batch = _batch(10, domain=0)
+    before = _served(model, batch)
+    twin = copy.deepcopy(model)
+    assert all(len(layer._merged_weight_cache) == 0 for layer in _layers(twin))
+    with torch.no_grad():
+        for layer in _layers(twin):
+            layer.mdlora_bias["default"].add_(1.0)
+    assert not torch.allclose(_served(twin, batch), before)
+    torch.testing.assert_close(_served(model, batch), before)
