@@ -86,6 +86,20 @@ def clear_merged_weights(model: nn.Module) -> None:
 
     Needed only after in-place writes through `.data` (e.g. `p.data.copy_(new)`), which no version
     counter records; every other update is noticed by itself.
+
+    Example:
+        >>> import torch, mlora_peft
+        >>> from peft import get_peft_model
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> model = get_peft_model(net, mlora_peft.MultiDomainLoraConfig(num_domains=3, r=2)).eval()
+        >>> x = torch.randn(5, 4)
+        >>> with torch.inference_mode():
+        ...     before = model(x, domain_ids=1)  # domain 1's merged weights are kept
+        >>> _ = model.base_model.model[0].base_layer.weight.data.mul_(2.0)  # no version counter sees this
+        >>> mlora_peft.clear_merged_weights(model)
+        >>> with torch.inference_mode():
+        ...     bool(torch.equal(model(x, domain_ids=1), before))
+        False
     """
     for module in model.modules():
         cache = getattr(module, "_merged_weight_cache", None)
