@@ -222,8 +222,9 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         Built for the call; in inference mode kept in the layer's `MergedWeightCache` until a weight
         it came from changes (an update by any optimiser, fused or not, an in-place write, a reload).
         """
-        base = self.base_layer._parameters  # the storage of modules and ParameterDicts: a served call pays
-        sources = (base["weight"], base.get("bias"), *self._adapter_stacks(name))  # each lookup, per layer
+        # Read straight from the modules' parameter storage: a served call pays every lookup, in every layer.
+        base = self.base_layer._parameters
+        sources = (base["weight"], base.get("bias"), *self._adapter_stacks(name))
 
         def build() -> tuple[Tensor, Optional[Tensor]]:
             return _merge(*sources, domain, self.scaling[name], dtype)
