@@ -174,3 +174,14 @@ def test_a_copy_starts_empty_and_serves_its_own_weights():
             layer.mdlora_bias["default"].add_(1.0)
     assert not torch.allclose(_served(twin, batch), before)
     torch.testing.assert_close(_served(model, batch), before)
+
+
+def test_deleting_an_adapter_frees_the_weights_kept_for_it():
+    _, model = _zoo_pair()
+    model.add_adapter("other", MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False))
+    model.set_adapter("other")
+    _served(model, _batch(8, domain=1))
+    assert all(len(layer._merged_weight_cache) == 1 for layer in _layers(model))
+    model.set_adapter("default")
+    model.delete_adapter("other")
+    assert all(len(layer._merged_weight_cache) == 0 for layer in _layers(model))

@@ -14,6 +14,7 @@ from .config import MultiDomainLoraConfig
 from .layer import MultiDomainLoraLayer
 from .merged_linear import grouped_mm_supports
 from .routing import MERGED_LAYER_SHAPE, end_routing, route
+from .weight_cache import clear_merged_weights
 
 PREFIX = "mdlora_"
 _HOOK_HANDLES = "_mdlora_hook_handles"
@@ -90,6 +91,7 @@ class MultiDomainLoraModel(BaseTuner):
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; calls then route with the domains of the adapter that is active after it."""
         super().delete_adapter(adapter_name)
+        clear_merged_weights(self.model)  # frees the deleted adapter's merged weights kept for inference mode
         remaining = [name for name in self.active_adapters if name in self.peft_config]
         if remaining:
             self.model._mdlora_routing_config = self.peft_config[remaining[0]]
