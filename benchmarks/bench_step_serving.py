@@ -7,7 +7,8 @@ reported, which cancels load that comes and goes on a shared machine):
   step     forward, backward and Adam update of DeepFM (user and item ids with 10,000 values, a
            price, the domain id; hidden [256, 128, 64], dropout 0.5) on a mixed batch, MLoRA joint
            training at the default rank divisor, against the same step of the plain model;
-           D = 2, 10, 100, and a batch of one domain at D = 10. The mixed batch comes unsorted;
+           D = 2, 10, 100, and a batch of one domain at D = 10; for reference, PEFT's own LoRA with
+           one adapter (no domains) on the same layers and ranks. The mixed batch comes unsorted;
            the zoo model sorts it by domain inside the call (`mlora_rows_independent`), and that
            sort is part of the measured step.
   serving  one call in `torch.inference_mode()` of the eval model: one user's 256 candidates of
@@ -27,7 +28,7 @@ import argparse
 from typing import Callable
 
 import torch
-from peft import get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 import mlora_peft
@@ -56,6 +57,21 @@ def deepfm_pair(num_domains: int, device: str) -> tuple[nn.Module, nn.Module]:
     config = mlora_peft.MultiDomainLoraConfig(domain_names=[f"d{i}" for i in range(num_domains)], train_base=True)
     adapted = get_peft_model(models.build_model("deepfm", features), config).to(device)
     return plain, adapted
+
+
+def peft_lora_like(adapted: nn.Module, num_domains: int, device: str) -> nn.Module:
+    """The same DeepFM with PEFT's own LoRA (one adapter, no domains) on the layers and at the ranks that
+    `adapted` uses, its base weights training too: what one plain low-rank adapter costs, for reference."""
+    layers = {name.removeprefix("base_model.model."): module.rank["default"] for name, module in adapted.named_modules()
+              if isinstance(module, mlora_peft.MultiDomainLoraLayer)}
+    features = [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
+                SparseFeature("domain_id", num_domains)]
+    torch.manual_seed(0)
+    config = LoraConfig(target_modules=list(layers), r=max(layers.values()), rank_pattern=layers, lora_dropout=0.0)
+    model = get_peft_model(models.build_model("deepfm", features), config).to(device)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
 
 
 def make_batch(rows: int, num_domains: int, device: str, one_domain: bool = False) -> dict:
@@ -91,6 +107,11 @@ def step_rows(rounds: int, calls: int, device: str, batch_rows: int) -> list[tup
                                        rounds, calls, device)
         label = f"D = {num_domains}" + (", one domain per batch" if one_domain else "")
         rows.append((label, num_domains if not one_domain else 0, plain_ms, ratio))
+        if num_domains == 10 and not one_domain:
+            lora = peft_lora_like(adapted, num_domains, device)
+            plain_ms, ratio = paired_ratio(adam_step(plain.train(), batch), adam_step(lora.train(), batch),
+                                           rounds, calls, device)
+            rows.append(("PEFT's LoRA, one adapter", 0, plain_ms, ratio))
     return rows
 
 
@@ -165,7 +186,7 @@ def main() -> None:
     print(f"{where}; median of {rounds} paired rounds; masked path up to D*r = {layer_module.MASKED_MAX_CODES} on CPU")
     parts = set(args.only.split(","))
     if "step" in parts:
-        print(f"\nDeepFM training step (batch {args.step_batch:,}), MLoRA / plain")
+        print(f"\nDeepFM training step (batch {args.step_batch:,}), adapted / plain")
         for label, mixed_domains, plain_ms, ratio in step_rows(rounds, calls, args.device, args.step_batch):
             target = STEP_TARGETS.get(mixed_domains)
             verdict = "" if target is None else f"  target <= {target}x: {'met' if ratio <= target else 'MISSED'}"

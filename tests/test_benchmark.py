@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks.records import DataSpec, RunRecord, Variant, read_records, write_records
+from mlora_peft import MultiDomainLoraLayer
 from mlora_peft.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,15 +243,24 @@ def test_the_synthetic_oracle_scores_the_very_test_rows_the_models_are_scored_on
 
 def test_step_and_serving_benchmark_compares_equal_models():
     """bench_step_serving times MLoRA against the same DeepFM: fresh adapters leave the outputs unchanged."""
-    from benchmarks.bench_step_serving import deepfm_pair, make_batch
+    from peft.tuners.lora import LoraLayer
+
+    from benchmarks.bench_step_serving import deepfm_pair, make_batch, peft_lora_like
 
     plain, adapted = deepfm_pair(10, "cpu")
+    lora = peft_lora_like(adapted, 10, "cpu")
     batch = make_batch(64, 10, "cpu")
-    plain.eval(), adapted.eval()
+    plain.eval(), adapted.eval(), lora.eval()
     with torch.inference_mode():
         torch.testing.assert_close(adapted(batch), plain(batch))
+        torch.testing.assert_close(lora(batch), plain(batch))
         one_domain = make_batch(64, 10, "cpu", one_domain=True)
         torch.testing.assert_close(adapted(one_domain), plain(one_domain))
+    lora_ranks = {name: m.r["default"] for name, m in lora.named_modules() if isinstance(m, LoraLayer)}
+    mlora_ranks = {name: m.rank["default"] for name, m in adapted.named_modules()
+                   if isinstance(m, MultiDomainLoraLayer)}
+    assert lora_ranks == mlora_ranks and len(lora_ranks) == 3  # the same layers, at the same ranks
+    assert all(p.requires_grad for p in lora.parameters())  # its base trains too, as in the MLoRA step
 
 
 def test_the_page_shows_commands_without_the_folders_of_the_machine_that_ran_them():
