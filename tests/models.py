@@ -82,3 +82,23 @@ class DictModel(nn.Module):
 
 
 MODELS = {cls.__name__: cls for cls in (PlainMLP, NestedModel, DictModel)}
+
+
+ZOO_DOMAINS = 3
+
+
+def zoo_deepfm_pair() -> tuple[nn.Module, nn.Module]:
+    """A small zoo DeepFM (user, item, price, domain id; hidden [16, 8], no dropout) and an MLoRA copy of
+    it with the same base weights, random adapters (`init_weights=False`) and a training base."""
+    from peft import get_peft_model
+
+    from mlora_peft import MultiDomainLoraConfig, models
+    from mlora_peft.features import DenseFeature, SparseFeature
+
+    features = [SparseFeature("user", 50), SparseFeature("item", 40), DenseFeature("price"),
+                SparseFeature("domain_id", ZOO_DOMAINS)]
+    torch.manual_seed(0)
+    plain = models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0)
+    torch.manual_seed(0)
+    config = MultiDomainLoraConfig(num_domains=ZOO_DOMAINS, r=2, init_weights=False, train_base=True)
+    return plain, get_peft_model(models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0), config)

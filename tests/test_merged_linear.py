@@ -3,17 +3,17 @@ row-independent models, against the per-row reference and the unsorted paths."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 from peft import get_peft_model
 
 import mlora_peft.tuner.layer
-from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer, models
-from mlora_peft.features import DenseFeature, SparseFeature
+from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear, one_domain_linear
 from mlora_peft.tuner.routing import Routing, current_routing
+from tests.concurrency import call_from_threads
+from tests.models import ZOO_DOMAINS, zoo_deepfm_pair
 from tests.reference import mlora_linear_reference, model_reference
 
 CASES = [  # (rows, in, out, rank, domains, pattern)
@@ -120,17 +120,8 @@ def test_fits_merged_path_compares_merged_weights_with_rows():
 
 
 # ------------------------------------------------------------------------------- row-sorted models
-DOMAINS = 3
-
-
-def _zoo_pair():
-    features = [SparseFeature("user", 50), SparseFeature("item", 40), DenseFeature("price"),
-                SparseFeature("domain_id", DOMAINS)]
-    torch.manual_seed(0)
-    plain = models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0)
-    torch.manual_seed(0)
-    config = MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False, train_base=True)
-    return plain, get_peft_model(models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0), config)
+DOMAINS = ZOO_DOMAINS
+_zoo_pair = zoo_deepfm_pair
 
 
 def _batch(rows, seed=0):
@@ -201,23 +192,12 @@ def test_threads_share_a_row_sorting_model():
     batches = [_batch(20 + i % 50, seed=i) for i in range(160)]
     with torch.no_grad():
         expected = [model(b) for b in batches]
-    results, errors = [None] * len(batches), []
 
-    def worker(indices):
-        try:
-            for i in indices:
-                with torch.no_grad():
-                    results[i] = model(batches[i])
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+    def call(i):
+        with torch.no_grad():
+            return model(batches[i])
 
-    threads = [threading.Thread(target=worker, args=(range(t, len(batches), 4),)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    for got, want in zip(results, expected):
+    for got, want in zip(call_from_threads(call, len(batches)), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 

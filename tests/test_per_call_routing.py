@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.models import DeepTower
 from mlora_peft.tuner.routing import current_routing
+from tests.concurrency import call_from_threads
 from tests.models import PlainMLP
 from tests.reference import model_reference
 
@@ -33,33 +33,22 @@ def test_threads_sharing_one_model_get_their_own_outputs():
     model = adapted_mlp().eval()
     generator = torch.Generator().manual_seed(0)
     calls = []
-    for i in range(600):  # mixed batches, one-domain batches (the merged-weight cache), sizes that differ
+    for i in range(600):  # mixed batches, one-domain batches (merged weights), sizes that differ
         rows = 1 + i % 13
         ids = torch.full((rows,), i % DOMAINS) if i % 5 == 0 else torch.randint(0, DOMAINS, (rows,), generator=generator)
         calls.append((torch.randn(rows, 6, generator=generator), ids))
     with torch.no_grad():
         expected = [model(x, domain_ids=ids) for x, ids in calls]
-    results, errors = [None] * len(calls), []
 
-    def worker(indices: range) -> None:
-        try:
-            for i in indices:
-                x, ids = calls[i]
-                with torch.no_grad():
-                    if i % 2:
-                        results[i] = model(x, domain_ids=ids)
-                    else:
-                        with mlora_peft.domain_context(ids):
-                            results[i] = model(x)
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+    def call(i: int) -> torch.Tensor:
+        x, ids = calls[i]
+        with torch.no_grad():
+            if i % 2:
+                return model(x, domain_ids=ids)
+            with mlora_peft.domain_context(ids):
+                return model(x)
 
-    threads = [threading.Thread(target=worker, args=(range(t, len(calls), 4),)) for t in range(4)]  # 4 x 150
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    results = call_from_threads(call, len(calls), threads=4)  # 4 x 150
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert current_routing() is None

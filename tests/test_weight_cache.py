@@ -4,30 +4,23 @@ after every kind of update, bounded, thread-safe, and never used outside inferen
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
-from peft import get_peft_model
 
 import mlora_peft
 import mlora_peft.tuner.layer
-from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer, models
-from mlora_peft.features import DenseFeature, SparseFeature
+from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.tuner.weight_cache import MAX_ENTRIES
+from tests.concurrency import call_from_threads
+from tests.models import ZOO_DOMAINS, zoo_deepfm_pair
 from tests.reference import model_reference
 
-DOMAINS = 3
+DOMAINS = ZOO_DOMAINS
 
 
 def _zoo_pair():
-    features = [SparseFeature("user", 50), SparseFeature("item", 40), DenseFeature("price"),
-                SparseFeature("domain_id", DOMAINS)]
-    torch.manual_seed(0)
-    plain = models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0)
-    torch.manual_seed(0)
-    config = MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False, train_base=True)
-    model = get_peft_model(models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0), config)
+    plain, model = zoo_deepfm_pair()
     return plain, model.eval()
 
 
@@ -144,21 +137,7 @@ def test_threads_serve_one_domain_requests_from_shared_kept_weights():
     plain, model = _zoo_pair()
     batches = [_batch(8 + i % 5, domain=i % DOMAINS, seed=i) for i in range(120)]
     expected = [_expected(plain, model, b) for b in batches]
-    results, errors = [None] * len(batches), []
-
-    def worker(indices):
-        try:
-            for i in indices:
-                results[i] = _served(model, batches[i])
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(range(t, len(batches), 4),)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    results = call_from_threads(lambda i: _served(model, batches[i]), len(batches))
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want)
 
