@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from peft import get_peft_model
 
 import mlora_peft
 import mlora_peft.tuner.layer
@@ -166,3 +167,18 @@ def test_deleting_an_adapter_frees_the_weights_kept_for_it():
     model.set_adapter("default")
     model.delete_adapter("other")
     assert all(len(layer._merged_weight_cache) == 0 for layer in _layers(model))
+
+
+def test_a_compiled_model_in_inference_mode_keeps_nothing_and_equals_eager():
+    from tests.models import PlainMLP
+
+    torch.manual_seed(0)
+    model = get_peft_model(PlainMLP(), MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False)).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(8, 6)
+    for ids in (torch.full((8,), 1), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])):
+        mlora_peft.clear_merged_weights(model)  # the eager call of the round before kept some
+        with torch.inference_mode():
+            got = compiled(x, domain_ids=ids)
+            assert all(len(layer._merged_weight_cache) == 0 for layer in _layers(model))
+            torch.testing.assert_close(got, model(x, domain_ids=ids), rtol=1e-5, atol=1e-5)
