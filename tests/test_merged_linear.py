@@ -10,7 +10,7 @@ from peft import get_peft_model
 
 import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
-from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear, one_domain_linear
+from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear, merged_weights
 from mlora_peft.tuner.routing import Routing, current_routing
 from tests.concurrency import call_from_threads
 from tests.models import ZOO_DOMAINS, zoo_deepfm_pair
@@ -48,10 +48,9 @@ def _inputs(rows, fan_in, fan_out, rank, domains, pattern, with_bias=True, base_
 
 def _merged(params, ids, pattern, scaling):
     if pattern == "one":
-        d = int(ids[0])
-        slices = [params["lora_A"][d], params["lora_B"][d],
-                  None if params["domain_bias"] is None else params["domain_bias"][d]]
-        return one_domain_linear(params["x"], params["weight"], params["bias"], *slices, scaling)
+        weight, bias = merged_weights(params["weight"], params["bias"], params["lora_A"], params["lora_B"],
+                                      params["domain_bias"], int(ids[0]), scaling)
+        return torch.nn.functional.linear(params["x"], weight, bias)
     offsets = torch.bincount(ids, minlength=params["lora_A"].shape[0]).cumsum(0).to(torch.int32)
     return merged_linear(params["x"], params["weight"], params["bias"], params["lora_A"], params["lora_B"],
                          params["domain_bias"], offsets, ids, scaling)

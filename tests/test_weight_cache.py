@@ -50,8 +50,8 @@ def _layers(model):
 
 def _count_builds(monkeypatch):
     builds = []
-    merge = mlora_peft.tuner.layer._merge
-    monkeypatch.setattr(mlora_peft.tuner.layer, "_merge", lambda *args: builds.append(args[5]) or merge(*args))
+    merge = mlora_peft.tuner.layer.merged_weights
+    monkeypatch.setattr(mlora_peft.tuner.layer, "merged_weights", lambda *args: builds.append(args[5]) or merge(*args))
     return builds
 
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .config import MultiDomainLoraConfig
 from .masked_linear import MASKED_MAX_CODES, masked_linear
 from .merged_linear import (fits_merged_path, grouped_linear, grouped_mm_supports, merged_linear,
-                            merged_path_supports, one_domain_linear)
+                            merged_path_supports, merged_weights)
 from .routed_linear import routed_linear
 from .routing import Routing, context_routing, current_routing
 from .weight_cache import MergedWeightCache
@@ -203,8 +203,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         if adapter_input is None and uses_merged_path(x, weight, routing):
             d = routing.single_domain
             if d is not None:
-                return one_domain_linear(x, weight, bias, A[d], B[d], None if domain_bias is None else domain_bias[d],
-                                         scaling)
+                return F.linear(x, *merged_weights(weight, bias, A, B, domain_bias, d, scaling))
             if torch.is_inference_mode_enabled():  # every domain's merged weights, kept between calls
                 return grouped_linear(x, *self._merged_weights(name, None, x.dtype), routing.sorted_offsets(),
                                       routing.domain_ids)
@@ -227,7 +226,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         sources = (base["weight"], base.get("bias"), *self._adapter_stacks(name))
 
         def build() -> tuple[Tensor, Optional[Tensor]]:
-            return _merge(*sources, domain, self.scaling[name], dtype)
+            return merged_weights(*(_cast(t, dtype) for t in sources), domain, self.scaling[name])
 
         if not torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
             return build()
@@ -321,20 +320,6 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "mdlora." + super().__repr__()
-
-
-def _merge(weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, domain_bias: Optional[Tensor],
-           domain: Optional[int], scaling: float, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
-    """`W + s B_d A_d` and `b + b_d` in `dtype`: of domain `domain`, or of every domain (None), stacked."""
-    if domain is not None:
-        A, B = A[domain], B[domain]  # (r, in), (out, r)
-        domain_bias = None if domain_bias is None else domain_bias[domain]  # (out,)
-    weight, bias, A, B, domain_bias = (_cast(t, dtype) for t in (weight, bias, A, B, domain_bias))
-    if domain is None:
-        merged = torch.baddbmm(weight.unsqueeze(0), B, A, alpha=scaling)  # (D, out, in)
-    else:
-        merged = torch.addmm(weight, B, A, alpha=scaling)  # (out, in)
-    return merged, (bias if domain_bias is None else domain_bias if bias is None else bias + domain_bias)
 
 
 def _aligned(x: Tensor) -> Tensor:

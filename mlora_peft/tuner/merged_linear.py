@@ -10,8 +10,8 @@ gradients never make a pass over the rows. At CTR sizes this is the cheapest pat
 weights are smaller than the rows (`fits_merged_path`); it needs float32 on the CPU, widths
 that are multiples of 4 and a trainable (or gradient-free) base weight.
 
-Rows of one domain need no grouping: `one_domain_linear` multiplies them by that domain's merged
-weight with torch's own operations.
+Rows of one domain need no grouping: they are multiplied by that domain's `merged_weights` with
+torch's own operations.
 """
 
 from __future__ import annotations
@@ -80,13 +80,21 @@ def merged_linear(
     return _MergedLinear.apply(x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling)
 
 
-def one_domain_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
-                      domain_bias: Optional[Tensor], scaling: float) -> Tensor:
-    """`x @ (W + s B_d A_d)^T + b + b_d` for rows of one domain d, given its `(r, in)`, `(out, r)` and
-    `(out,)` slices: one product, in torch's own operations, whose backward derives the adapter
-    gradients from the `(out, in)` weight gradient (measured faster than a hand-written function)."""
-    merged_bias = bias if domain_bias is None else domain_bias if bias is None else bias + domain_bias
-    return F.linear(x, torch.addmm(weight, lora_B, lora_A, alpha=scaling), merged_bias)
+def merged_weights(weight: Tensor, bias: Optional[Tensor], lora_A: Tensor, lora_B: Tensor,
+                   domain_bias: Optional[Tensor], domain: Optional[int], scaling: float) -> tuple[Tensor, Optional[Tensor]]:
+    """`W + s B_d A_d` and `b + b_d` of domain `domain`, `(out, in)` and `(out,)`; for domain None, every
+    domain's, stacked `(D, out, in)` and `(D, out)` (the bias `(out,)` when there is no domain bias).
+
+    In torch's own operations: multiplying one domain's rows by its merged weight lets autograd derive
+    the adapter gradients from the `(out, in)` weight gradient (measured faster than a hand-written
+    function)."""
+    if domain is not None:
+        lora_A, lora_B = lora_A[domain], lora_B[domain]  # (r, in), (out, r)
+        domain_bias = None if domain_bias is None else domain_bias[domain]  # (out,)
+        merged = torch.addmm(weight, lora_B, lora_A, alpha=scaling)  # (out, in)
+    else:
+        merged = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (D, out, in)
+    return merged, (bias if domain_bias is None else domain_bias if bias is None else bias + domain_bias)
 
 
 def grouped_linear(x: Tensor, weights: Tensor, biases: Optional[Tensor], offsets: Tensor, row_domains: Tensor) -> Tensor:
@@ -101,9 +109,8 @@ class _MergedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, domain_bias, offsets, row_domains, scaling):
         x = x.contiguous()
-        weights = torch.baddbmm(weight.unsqueeze(0), lora_B, lora_A, alpha=scaling)  # (D, out, in)
-        per_domain_bias = bias if domain_bias is None else domain_bias if bias is None else domain_bias + bias
-        out = grouped_linear(x, weights, per_domain_bias, offsets, row_domains)  # (N, out)
+        weights, biases = merged_weights(weight, bias, lora_A, lora_B, domain_bias, None, scaling)  # (D, out, in)
+        out = grouped_linear(x, weights, biases, offsets, row_domains)  # (N, out)
         ctx.scaling = scaling
         ctx.has_bias, ctx.has_domain_bias = bias is not None, domain_bias is not None
         ctx.save_for_backward(x, weights, lora_A, lora_B, offsets, row_domains)
