@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .merged_linear import fits_merged_path
 from .routed_linear import DomainSegments, group_by_domain
-from .row_order import domain_order, inverse, reorder, rows_are_independent, sorted_by_domain
+from .row_order import sort_by_domain, inverse, reorder, rows_are_independent, sorted_by_domain
 
 DomainIds = Union[Tensor, int, str, Sequence[int], Sequence[str]]
 """What a caller may pass as domain ids: an int tensor `(N,)` / `(N, 1)`, an int or 0-d tensor
@@ -351,12 +351,12 @@ def route(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         device, rows = (None, None) if first is None else (first.device, first.shape[0])
         routing = make_routing(raw, config.num_domains, config.domain_names, device, rows)
         if _sorting_pays(module, routing, rows):
-            order = domain_order(routing.domain_ids)
-            if order is None:
+            sorted_rows = sort_by_domain(routing.domain_ids)
+            if sorted_rows is None:
                 routing = Routing(routing.domain_ids, routing.num_domains, None, rows_sorted=True)
             else:
+                sorted_ids, order = sorted_rows
                 args, kwargs = reorder(args, order, rows), reorder(kwargs, order, rows)
-                sorted_ids = routing.domain_ids.index_select(0, order)
                 routing = Routing(sorted_ids, routing.num_domains, None, rows_sorted=True, order=order)
     _push(routing)
     return args, kwargs

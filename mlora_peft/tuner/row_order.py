@@ -33,11 +33,12 @@ def sorted_by_domain(domain_ids: Tensor) -> bool:
     return bool((domain_ids[1:] >= domain_ids[:-1]).all())
 
 
-def domain_order(domain_ids: Tensor) -> Optional[Tensor]:
-    """The stable order that sorts the rows by domain, or None when they already are sorted."""
+def sort_by_domain(domain_ids: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """The ids sorted by domain and the stable order that sorts the rows so (both `(N,)`), or None when
+    they already are sorted."""
     if sorted_by_domain(domain_ids):
         return None
-    return torch.sort(domain_ids, stable=True).indices  # (N,)
+    return tuple(torch.sort(domain_ids, stable=True))
 
 
 def reorder(value: Any, index: Tensor, rows: int) -> Any:
