@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .merged_linear import fits_merged_path
 from .routed_linear import DomainSegments, group_by_domain
-from .row_order import sort_by_domain, inverse, reorder, rows_are_independent, sorted_by_domain
+from .row_order import inverse, reorder, rows_are_independent, sort_by_domain, sorted_by_domain
 
 DomainIds = Union[Tensor, int, str, Sequence[int], Sequence[str]]
 """What a caller may pass as domain ids: an int tensor `(N,)` / `(N, 1)`, an int or 0-d tensor
