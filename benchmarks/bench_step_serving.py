@@ -47,10 +47,15 @@ SERVING_TARGETS = {"one domain, 256 rows": 1.2, "mixed, 256 rows": 1.5, "mixed, 
 
 
 # ------------------------------------------------------------------------------------------- models
+def deepfm_features(num_domains: int) -> list:
+    """User and item ids with 10,000 values, a price, the domain id."""
+    return [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
+            SparseFeature("domain_id", num_domains)]
+
+
 def deepfm_pair(num_domains: int, device: str) -> tuple[nn.Module, nn.Module]:
     """The plain DeepFM and an MLoRA-adapted copy of it (joint training), both on `device`."""
-    features = [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
-                SparseFeature("domain_id", num_domains)]
+    features = deepfm_features(num_domains)
     torch.manual_seed(0)
     plain = models.build_model("deepfm", features).to(device)
     torch.manual_seed(0)  # the same base weights: the two models differ by the adapters only
@@ -64,11 +69,9 @@ def peft_lora_like(adapted: nn.Module, num_domains: int, device: str) -> nn.Modu
     `adapted` uses, its base weights training too: what one plain low-rank adapter costs, for reference."""
     layers = {name.removeprefix("base_model.model."): module.rank["default"] for name, module in adapted.named_modules()
               if isinstance(module, mlora_peft.MultiDomainLoraLayer)}
-    features = [SparseFeature("user", VOCAB), SparseFeature("item", VOCAB), DenseFeature("price"),
-                SparseFeature("domain_id", num_domains)]
     torch.manual_seed(0)
     config = LoraConfig(target_modules=list(layers), r=max(layers.values()), rank_pattern=layers, lora_dropout=0.0)
-    model = get_peft_model(models.build_model("deepfm", features), config).to(device)
+    model = get_peft_model(models.build_model("deepfm", deepfm_features(num_domains)), config).to(device)
     for param in model.parameters():
         param.requires_grad_(True)
     return model
