@@ -102,3 +102,15 @@ def zoo_deepfm_pair() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     config = MultiDomainLoraConfig(num_domains=ZOO_DOMAINS, r=2, init_weights=False, train_base=True)
     return plain, get_peft_model(models.build_model("deepfm", features, hidden=[16, 8], dropout=0.0), config)
+
+
+def zoo_batch(rows: int, domain: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch for `zoo_deepfm_pair`: random ids, prices and domains, or every row of `domain`."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = {"user": torch.randint(0, 50, (rows,), generator=generator),
+             "item": torch.randint(0, 40, (rows,), generator=generator),
+             "price": torch.rand(rows, generator=generator),
+             "domain_id": torch.randint(0, ZOO_DOMAINS, (rows,), generator=generator)}
+    if domain is not None:
+        batch["domain_id"] = torch.full((rows,), domain)
+    return batch

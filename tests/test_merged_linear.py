@@ -3,7 +3,6 @@ row-independent models, against the per-row reference and the unsorted paths."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from peft import get_peft_model
@@ -13,7 +12,7 @@ from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.tuner.merged_linear import fits_merged_path, merged_linear, merged_weights
 from mlora_peft.tuner.routing import Routing, current_routing
 from tests.concurrency import call_from_threads
-from tests.models import ZOO_DOMAINS, zoo_deepfm_pair
+from tests.models import ZOO_DOMAINS, zoo_batch, zoo_deepfm_pair
 from tests.reference import mlora_linear_reference, model_reference
 
 CASES = [  # (rows, in, out, rank, domains, pattern)
@@ -120,15 +119,6 @@ def test_fits_merged_path_compares_merged_weights_with_rows():
 
 # ------------------------------------------------------------------------------- row-sorted models
 DOMAINS = ZOO_DOMAINS
-_zoo_pair = zoo_deepfm_pair
-
-
-def _batch(rows, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return {"user": torch.randint(0, 50, (rows,), generator=generator),
-            "item": torch.randint(0, 40, (rows,), generator=generator),
-            "price": torch.rand(rows, generator=generator),
-            "domain_id": torch.randint(0, DOMAINS, (rows,), generator=generator)}
 
 
 def _gradients(model, batch):
@@ -139,8 +129,8 @@ def _gradients(model, batch):
 
 
 def test_a_zoo_model_sorts_a_mixed_batch_and_answers_in_the_callers_order():
-    plain, model = _zoo_pair()
-    batch = _batch(64)
+    plain, model = zoo_deepfm_pair()
+    batch = zoo_batch(64)
     original = {k: v.clone() for k, v in batch.items()}
     seen = []
     layer = next(m for m in model.modules() if isinstance(m, MultiDomainLoraLayer))
@@ -186,9 +176,9 @@ def test_outputs_in_containers_are_put_back_in_order():
 
 
 def test_threads_share_a_row_sorting_model():
-    _, model = _zoo_pair()
+    _, model = zoo_deepfm_pair()
     model.eval()
-    batches = [_batch(20 + i % 50, seed=i) for i in range(160)]
+    batches = [zoo_batch(20 + i % 50, seed=i) for i in range(160)]
     with torch.no_grad():
         expected = [model(b) for b in batches]
 

@@ -15,7 +15,7 @@ import mlora_peft.tuner.layer
 from mlora_peft import MultiDomainLoraConfig, MultiDomainLoraLayer
 from mlora_peft.tuner.weight_cache import MAX_ENTRIES
 from tests.concurrency import call_from_threads
-from tests.models import ZOO_DOMAINS, zoo_deepfm_pair
+from tests.models import ZOO_DOMAINS, zoo_batch, zoo_deepfm_pair
 from tests.reference import model_reference
 
 DOMAINS = ZOO_DOMAINS
@@ -24,14 +24,6 @@ DOMAINS = ZOO_DOMAINS
 def _zoo_pair():
     plain, model = zoo_deepfm_pair()
     return plain, model.eval()
-
-
-def _batch(rows, domain=None, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, DOMAINS, (rows,), generator=generator) if domain is None else torch.full((rows,), domain)
-    return {"user": torch.randint(0, 50, (rows,), generator=generator),
-            "item": torch.randint(0, 40, (rows,), generator=generator),
-            "price": torch.rand(rows, generator=generator), "domain_id": ids}
 
 
 def _served(model, batch):
@@ -86,7 +78,7 @@ UPDATES = {
 def test_served_weights_are_reused_until_a_weight_changes(update, monkeypatch):
     plain, model = _zoo_pair()
     builds = _count_builds(monkeypatch)
-    batch = _batch(12, domain=1)
+    batch = zoo_batch(12, domain=1)
     torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
     built = len(builds)
     assert built == len(_layers(model))  # one merged weight per layer
@@ -101,7 +93,7 @@ def test_served_weights_are_reused_until_a_weight_changes(update, monkeypatch):
 
 def test_writes_through_data_need_clear_merged_weights():
     plain, model = _zoo_pair()
-    batch = _batch(12, domain=2)
+    batch = zoo_batch(12, domain=2)
     before = _served(model, batch)
     for layer in _layers(model):
         layer.mdlora_B["default"].data.mul_(3.0)  # no version counter sees this write
@@ -113,11 +105,11 @@ def test_writes_through_data_need_clear_merged_weights():
 def test_sorted_mixed_rows_use_every_domains_kept_weights(monkeypatch):
     plain, model = _zoo_pair()
     builds = _count_builds(monkeypatch)
-    batch = _batch(64)
+    batch = zoo_batch(64)
     torch.testing.assert_close(_served(model, batch), _expected(plain, model, batch))
     assert None in builds  # a stack of every domain's weights, for the layer that takes the merged path
     stacks = builds.count(None)
-    _served(model, _batch(64, seed=1))
+    _served(model, zoo_batch(64, seed=1))
     assert builds.count(None) == stacks
 
 
@@ -137,7 +129,7 @@ def test_only_inference_mode_keeps_weights_and_a_layer_keeps_a_bounded_number():
 
 def test_threads_serve_one_domain_requests_from_shared_kept_weights():
     plain, model = _zoo_pair()
-    batches = [_batch(8 + i % 5, domain=i % DOMAINS, seed=i) for i in range(120)]
+    batches = [zoo_batch(8 + i % 5, domain=i % DOMAINS, seed=i) for i in range(120)]
     expected = [_expected(plain, model, b) for b in batches]
     results = call_from_threads(lambda i: _served(model, batches[i]), len(batches))
     for got, want in zip(results, expected):
@@ -146,7 +138,7 @@ def test_threads_serve_one_domain_requests_from_shared_kept_weights():
 
 def test_a_copy_starts_empty_and_serves_its_own_weights():
     plain, model = _zoo_pair()
-    batch = _batch(10, domain=0)
+    batch = zoo_batch(10, domain=0)
     before = _served(model, batch)
     torch.save(model, io.BytesIO())  # a model holding kept weights (and their lock) can still be written
     twin = copy.deepcopy(model)
@@ -162,7 +154,7 @@ def test_deleting_an_adapter_frees_the_weights_kept_for_it():
     _, model = _zoo_pair()
     model.add_adapter("other", MultiDomainLoraConfig(num_domains=DOMAINS, r=2, init_weights=False))
     model.set_adapter("other")
-    _served(model, _batch(8, domain=1))
+    _served(model, zoo_batch(8, domain=1))
     assert all(len(layer._merged_weight_cache) == 1 for layer in _layers(model))
     model.set_adapter("default")
     model.delete_adapter("other")
