@@ -147,7 +147,11 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         if self.merged_adapters:
             self._check_merged_domain(current_routing())
             return None
-        active = [a for a in self.active_adapters if a in self.mdlora_A]
+        stacks = self._modules["mdlora_A"]._parameters  # read directly: every call of every layer pays this
+        active = self._active_adapter
+        if isinstance(active, str):
+            return active if active in stacks else None
+        active = [a for a in active if a in stacks]
         if len(active) > 1:
             raise ValueError(
                 f"MLoRA routes through one adapter at a time, but {active} are active; "
@@ -221,8 +225,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         Built for the call; in inference mode kept in the layer's `MergedWeightCache` until a weight
         it came from changes (an update by any optimiser, fused or not, an in-place write, a reload).
         """
-        # Read straight from the modules' parameter storage: a served call pays every lookup, in every layer.
-        base = self.base_layer._parameters
+        base = self._modules["base_layer"]._parameters
         sources = (base["weight"], base.get("bias"), *self._adapter_stacks(name))
 
         def build() -> tuple[Tensor, Optional[Tensor]]:
@@ -233,9 +236,13 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         return self._merged_weight_cache.get((name, domain, dtype), sources, build)
 
     def _adapter_stacks(self, name: str) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """The `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks of adapter `name`."""
-        return (self.mdlora_A._parameters[name], self.mdlora_B._parameters[name],
-                self.mdlora_bias._parameters.get(name))
+        """The `(D, r, in)`, `(D, out, r)` and `(D, out)` (or None) stacks of adapter `name`.
+
+        Read straight from the modules' parameter storage (no `nn.Module.__getattr__`): a served call
+        pays every lookup, in every layer."""
+        modules = self._modules
+        return (modules["mdlora_A"]._parameters[name], modules["mdlora_B"]._parameters[name],
+                modules["mdlora_bias"]._parameters.get(name))
 
     def _active_output_dropout(self) -> Optional[nn.Dropout]:
         """The base layer's `output_dropout` when it acts (training, p > 0): it then drops `W x + b` only."""

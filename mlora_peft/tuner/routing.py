@@ -249,22 +249,24 @@ def to_domain_tensor(domain_ids: DomainIds, domain_names: Optional[Sequence[str]
         ids = ids.squeeze(1)  # (N, 1) -> (N,)
     if ids.dim() > 1:
         raise ValueError(f"Domain ids must have shape (N,) or (N, 1), got {tuple(ids.shape)}.")
-    return ids.long()
+    return ids if ids.dtype == torch.long else ids.long()
 
 
 def make_routing(raw: DomainIds, num_domains: int, domain_names: Optional[Sequence[str]],
                  device: Optional[torch.device], rows: Optional[int]) -> Routing:
     """Validate the ids of a call of `rows` rows (None: unknown) into its `Routing`.
 
-    On the CPU the range check also tells whether the call holds one domain (one read of two
-    numbers). On other devices the check is queued on the device (`torch._assert_async`) and the
+    On the CPU the range check also tells whether the call holds one domain (the ids' minimum and
+    maximum). On other devices the check is queued on the device (`torch._assert_async`) and the
     host never waits; while compiling nothing is checked, so keep compiled ids in range.
 
     Raises:
         TypeError, ValueError: as `to_domain_tensor`; ids out of [0, num_domains); a count of ids
             that differs from the rows.
     """
-    ids = to_domain_tensor(raw, domain_names).to(device)
+    ids = to_domain_tensor(raw, domain_names)
+    if device is not None and ids.device != device:
+        ids = ids.to(device)
     if ids.dim() == 0:
         single = _checked_single(ids, num_domains)
         return Routing(ids.expand(1 if rows is None else rows), num_domains, single)
@@ -279,7 +281,7 @@ def make_routing(raw: DomainIds, num_domains: int, domain_names: Optional[Sequen
         torch._assert_async(((ids >= 0) & (ids < num_domains)).all(),
                             f"a domain id is out of range: this adapter has {num_domains} domains")
         return Routing(ids, num_domains, None)
-    low, high = torch.stack(torch.aminmax(ids)).tolist()
+    low, high = (int(extreme) for extreme in torch.aminmax(ids))
     _check_range(low, high, num_domains)
     return Routing(ids, num_domains, low if low == high else None)
 

@@ -108,8 +108,12 @@ def clear_merged_weights(model: nn.Module) -> None:
 
 
 def _stamp(sources: tuple[Optional[Tensor], ...]) -> tuple:
-    return _optimizer_steps, tuple(None if t is None else (t._version, t.data_ptr(), t.get_device()) for t in sources)
+    # Comprehensions and loops, not generators: a served call checks every adapted layer's sources.
+    return _optimizer_steps, [None if t is None else (t._version, t.data_ptr(), t.get_device()) for t in sources]
 
 
 def _same_tensors(refs: tuple, sources: tuple[Optional[Tensor], ...]) -> bool:
-    return all((ref is None) if t is None else (ref is not None and ref() is t) for ref, t in zip(refs, sources))
+    for ref, tensor in zip(refs, sources):
+        if (None if ref is None else ref()) is not tensor:
+            return False
+    return True
