@@ -132,3 +132,23 @@ def test_masked_path_gradcheck_passes(base, separate_adapter_input, domain_bias)
 
     inputs = (params["x"], weight, bias, params["lora_A"], params["lora_B"], db, a)
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("path", ["grouped", "masked"])
+@pytest.mark.parametrize("case", CASES[:7])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_forward_without_gradients_matches_per_sample_reference(path, case, grad_mode):
+    """Without gradients the paths skip their autograd function; the output is the same maths."""
+    params, ids = _inputs(*case)
+    a = torch.randn_like(params["x"])  # a separate adapter input (dropout in training) takes the same route
+    with torch.no_grad() if grad_mode == "no_grad" else torch.inference_mode():
+        if path == "grouped":
+            out = routed_linear(**params, segments=group_by_domain(ids, case[4]), scaling=0.5, adapter_input=a)
+        else:
+            out = masked_linear(**params, domain_ids=ids, off_domain=Routing(ids, case[4], None).off_domain(case[4]),
+                                scaling=0.5, adapter_input=a)
+    assert not out.requires_grad
+    with torch.no_grad():
+        base = params["x"] @ params["weight"].t() + params["bias"]
+        expected = base + low_rank_reference(a, params["lora_A"], params["lora_B"], params["domain_bias"], ids, 0.5)
+    torch.testing.assert_close(out, expected)

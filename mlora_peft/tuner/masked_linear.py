@@ -55,26 +55,39 @@ def masked_linear(
     Returns:
         `(N, out)` output.
     """
+    if not torch.is_grad_enabled():  # nothing to differentiate: no autograd function (about 25 us a call)
+        return _masked_forward(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, domain_ids, off_domain,
+                               scaling)[0]
     return _MaskedLinear.apply(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, domain_ids,
                                off_domain, scaling)
+
+
+def _masked_forward(x: Tensor, adapter_input: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
+                    lora_A: Tensor, lora_B: Tensor, domain_bias: Optional[Tensor], domain_ids: Tensor,
+                    off_domain: Tensor, scaling: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The `(N, out)` output, and what the backward reuses: the adapter input, the masked `(N, D*r)` codes
+    and the `(D*r, in)` and `(D*r, out)` flattened stacks."""
+    a = x if adapter_input is None else adapter_input
+    domains, rank, fan_in = lora_A.shape
+    A_all = lora_A.reshape(domains * rank, fan_in)  # (D*r, in), a view
+    B_all = lora_B.transpose(1, 2).reshape(domains * rank, -1)  # (D*r, out)
+    codes = (a @ A_all.t()).view(-1, domains, rank).masked_fill_(off_domain, 0)  # (N, D, r)
+    codes = codes.view(-1, domains * rank)  # (N, D*r)
+    row_bias = _row_bias(bias, domain_bias, domain_ids)  # (N, out), (1, out) or None
+    if weight is None:
+        out = codes @ B_all if scaling == 1.0 else torch.mm(codes, B_all).mul_(scaling)  # (N, out)
+        out = out if row_bias is None else out.add_(row_bias)
+    else:
+        out = x @ weight.t() if row_bias is None else torch.addmm(row_bias, x, weight.t())  # (N, out)
+        out.addmm_(codes, B_all, alpha=scaling)
+    return out, (a, codes, A_all, B_all)
 
 
 class _MaskedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, domain_ids, off_domain, scaling):
-        a = x if adapter_input is None else adapter_input
-        domains, rank, fan_in = lora_A.shape
-        A_all = lora_A.reshape(domains * rank, fan_in)  # (D*r, in), a view
-        B_all = lora_B.transpose(1, 2).reshape(domains * rank, -1)  # (D*r, out)
-        codes = (a @ A_all.t()).view(-1, domains, rank).masked_fill_(off_domain, 0)  # (N, D, r)
-        codes = codes.view(-1, domains * rank)  # (N, D*r)
-        row_bias = _row_bias(bias, domain_bias, domain_ids)  # (N, out), (1, out) or None
-        if weight is None:
-            out = codes @ B_all if scaling == 1.0 else torch.mm(codes, B_all).mul_(scaling)  # (N, out)
-            out = out if row_bias is None else out.add_(row_bias)
-        else:
-            out = x @ weight.t() if row_bias is None else torch.addmm(row_bias, x, weight.t())  # (N, out)
-            out.addmm_(codes, B_all, alpha=scaling)
+        out, (a, codes, A_all, B_all) = _masked_forward(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias,
+                                                        domain_ids, off_domain, scaling)
         ctx.scaling, ctx.has_adapter_input = scaling, adapter_input is not None
         ctx.save_for_backward(x, a if adapter_input is not None else None, codes, weight, A_all, B_all,
                               domain_ids, off_domain)

@@ -140,21 +140,32 @@ def routed_linear(
     Returns:
         `(N, out)` output.
     """
+    if not torch.is_grad_enabled():  # nothing to differentiate: no autograd function (about 25 us a call)
+        return _routed_forward(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, segments, scaling)[0]
     return _RoutedLinear.apply(x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, segments, scaling)
+
+
+def _routed_forward(x: Tensor, adapter_input: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
+                    lora_A: Tensor, lora_B: Tensor, domain_bias: Optional[Tensor], segments: DomainSegments,
+                    scaling: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The `(N, out)` output, and the block tensors the backward reuses: `(a_blk, codes_t, A_blk, B_blk)`."""
+    a_blk = _to_slots(x if adapter_input is None else adapter_input, segments)  # (nb, M, in)
+    A_blk = _per_block(lora_A, segments)  # (nb, r, in)
+    B_blk = _per_block(lora_B, segments)  # (nb, out, r)
+    codes_t = _mask_padding(_scale(_bmm(A_blk, a_blk.transpose(1, 2)), scaling), segments)  # (nb, r, M)
+    slot_bias = _slot_bias(bias, domain_bias, segments)  # (nb, 1, out) or None
+    delta = _bmm(codes_t.transpose(1, 2), B_blk.transpose(1, 2), slot_bias)  # (nb, M, out)
+    out = _from_slots(delta, segments)  # (N, out)
+    if weight is not None:
+        out = out.addmm_(x, weight.t())  # (N, out)
+    return out, (a_blk, codes_t, A_blk, B_blk)
 
 
 class _RoutedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adapter_input, weight, bias, lora_A, lora_B, domain_bias, segments, scaling):
-        a_blk = _to_slots(x if adapter_input is None else adapter_input, segments)  # (nb, M, in)
-        A_blk = _per_block(lora_A, segments)  # (nb, r, in)
-        B_blk = _per_block(lora_B, segments)  # (nb, out, r)
-        codes_t = _mask_padding(_scale(_bmm(A_blk, a_blk.transpose(1, 2)), scaling), segments)  # (nb, r, M)
-        slot_bias = _slot_bias(bias, domain_bias, segments)  # (nb, 1, out) or None
-        delta = _bmm(codes_t.transpose(1, 2), B_blk.transpose(1, 2), slot_bias)  # (nb, M, out)
-        out = _from_slots(delta, segments)  # (N, out)
-        if weight is not None:
-            out = out.addmm_(x, weight.t())  # (N, out)
+        out, (a_blk, codes_t, A_blk, B_blk) = _routed_forward(x, adapter_input, weight, bias, lora_A, lora_B,
+                                                              domain_bias, segments, scaling)
         ctx.segments, ctx.scaling, ctx.num_domains = segments, scaling, lora_A.shape[0]
         ctx.has_adapter_input = adapter_input is not None
         ctx.save_for_backward(x, a_blk, codes_t, weight, A_blk, B_blk)
