@@ -95,6 +95,13 @@ def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: 
 
     Each round times the baseline just before the run, which cancels load that comes and goes.
     """
+    best_ms, ratios = paired_ratios(baseline, run, rounds, calls, device)
+    return best_ms, statistics.median(ratios)
+
+
+def paired_ratios(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
+                  device: str = "cpu") -> tuple[float, list[float]]:
+    """Best baseline milliseconds per call and the `run / baseline` ratio of every paired round."""
     for fn in (baseline, run):
         fn(), fn()  # warm up
     ratios, best = [], float("inf")
@@ -102,7 +109,7 @@ def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: 
         base_s = seconds_per_call(baseline, calls, device)
         ratios.append(seconds_per_call(run, calls, device) / base_s)
         best = min(best, base_s)
-    return best * 1e3, statistics.median(ratios)
+    return best * 1e3, ratios
 
 
 def seconds_per_call(run: Callable[[], None], calls: int, device: str = "cpu") -> float:
