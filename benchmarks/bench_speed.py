@@ -44,7 +44,8 @@ def routing_ratios(quick: bool) -> dict:
     for train_base, weights in ((True, "trainable"), (False, "frozen")):
         for label, domains, one in bench.SCENARIOS:
             plain_ms, ratios = bench.scenario_ratios(domains, one, train_base, rounds, calls)
-            rows.append({"batch": label, "weights": weights, "plain_ms": plain_ms, **ratios})
+            medians = {name: None if spread is None else spread.median for name, spread in ratios.items()}
+            rows.append({"batch": label, "weights": weights, "plain_ms": plain_ms, **medians})
     note = (f"Forward + backward of one `Linear({bench.FAN_IN}, {bench.FAN_OUT})` with rank-{bench.RANK} adapters "
             f"on {bench.ROWS} rows, relative to a plain trainable `nn.Linear`; median of {rounds} paired rounds, "
             f"{torch.get_num_threads()} thread(s). routed = the library's layer; loop = a Python loop over the "

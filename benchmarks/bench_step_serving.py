@@ -27,8 +27,7 @@ meet (or miss) it; otherwise it is "within noise":
 from __future__ import annotations
 
 import argparse
-import statistics
-from typing import Callable, NamedTuple, Optional
+from typing import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -38,6 +37,7 @@ import mlora_peft
 from mlora_peft.tuner import layer as layer_module
 from mlora_peft import models
 from benchmarks.bench_speed import adam_step, paired_ratio, paired_ratios
+from benchmarks.spread import Spread
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear
 from mlora_peft.tuner.merged_linear import merged_linear
@@ -47,29 +47,6 @@ from mlora_peft.tuner.routing import Routing, make_routing
 VOCAB = 10_000
 STEP_TARGETS = {10: 1.15}
 SERVING_TARGETS = {"one domain, 256 rows": 1.2, "mixed, 256 rows": 1.5, "mixed, 4,096 rows": 1.3}
-
-
-class Spread(NamedTuple):
-    """The paired rounds' ratios: their median and quartiles (a round's ratio moves with the machine's load)."""
-
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, ratios: list[float]) -> "Spread":
-        low, median, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        return cls(median, low, high)
-
-    def __str__(self) -> str:
-        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
-
-    def verdict(self, target: Optional[float]) -> str:
-        """Against `target`: met by three rounds in four, missed by three in four, or within the noise."""
-        if target is None:
-            return ""
-        outcome = "met" if self.high <= target else "MISSED" if self.low > target else "within noise"
-        return f"  target <= {target}x: {outcome}"
 
 
 # ------------------------------------------------------------------------------------------- models
