@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 COMPOSITIONS = ("mixed", "per_domain", "sorted")
 
 
