@@ -22,7 +22,6 @@ three rounds in four meet (or miss) it, otherwise it is "within noise".
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from mlora_peft.tuner.routed_linear import group_by_domain, routed_linear
 
-from benchmarks.spread import Spread
+from benchmarks.timing import Spread, seconds_per_call
 
 ROWS, FAN_IN, FAN_OUT, RANK, SCALING = 4096, 256, 128, 8, 2.0
 EVERY_LIMIT_BYTES = 64 * 2**20  # "every" is skipped when its (N, D, out) intermediate is larger
@@ -106,18 +105,11 @@ def plain_linear() -> Callable[[], None]:
     return lambda: torch.autograd.grad(linear(x), inputs, grad_out)
 
 
-def seconds_per_call(run: Callable[[], None], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    return (time.perf_counter() - start) / calls
-
-
-def paired_ratios(plain: Callable[[], None], runs: dict[str, Callable[[], None]], rounds: int, calls: int
-                  ) -> tuple[float, dict[str, Spread]]:
+def interleaved_spreads(plain: Callable[[], None], runs: dict[str, Callable[[], None]], rounds: int, calls: int
+                        ) -> tuple[float, dict[str, Spread]]:
     """Best plain seconds per call, and the spread of each run's time relative to the plain run timed just before it.
 
-    Pairing each measurement with an adjacent baseline cancels load that comes and goes between rounds.
+    `timing.paired_ratios` for several runs at once: each round times every run, each after its own plain run.
     """
     for run in (plain, *runs.values()):
         run(), run()  # warm up
@@ -141,7 +133,7 @@ def scenario_ratios(num_domains: int, one_domain: bool, train_base: bool, rounds
     every_bytes = ROWS * num_domains * FAN_OUT * p.x.element_size()
     if every_bytes <= EVERY_LIMIT_BYTES:
         runs["every"] = fwd_bwd(every_domain, p, ids)
-    plain_seconds, ratios = paired_ratios(plain_linear(), runs, rounds, calls)
+    plain_seconds, ratios = interleaved_spreads(plain_linear(), runs, rounds, calls)
     return plain_seconds * 1e3, {name: ratios.get(name) for name in APPROACHES}
 
 

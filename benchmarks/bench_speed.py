@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from mlora_peft.data import StreamingBatches, make_synthetic, stream_synthetic
 from mlora_peft.features import DenseFeature, SparseFeature
 
 from benchmarks import bench_data, bench_routing
+from benchmarks.timing import paired_ratio, sync
 
 STEP_BATCH, STEP_VOCAB, STEP_DOMAINS = 1024, 10_000, (2, 10, 100)
 
@@ -88,45 +88,6 @@ def step_ratio(name: str, num_domains: int, rounds: int, steps: int, device: str
                                               train_base=True)
     adapted = adam_step(get_peft_model(models.build_model(name, features), config).to(device), batch)
     return paired_ratio(plain, adapted, rounds, steps, device)
-
-
-def paired_ratio(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
-                 device: str = "cpu") -> tuple[float, float]:
-    """Best baseline milliseconds per call and the median of `run / baseline` over paired rounds.
-
-    Each round times the baseline just before the run, which cancels load that comes and goes.
-    """
-    best_ms, ratios = paired_ratios(baseline, run, rounds, calls, device)
-    return best_ms, statistics.median(ratios)
-
-
-def paired_ratios(baseline: Callable[[], None], run: Callable[[], None], rounds: int, calls: int,
-                  device: str = "cpu") -> tuple[float, list[float]]:
-    """Best baseline milliseconds per call and the `run / baseline` ratio of every paired round."""
-    for fn in (baseline, run):
-        fn(), fn()  # warm up
-    ratios, best = [], float("inf")
-    for _ in range(rounds):
-        base_s = seconds_per_call(baseline, calls, device)
-        ratios.append(seconds_per_call(run, calls, device) / base_s)
-        best = min(best, base_s)
-    return best * 1e3, ratios
-
-
-def seconds_per_call(run: Callable[[], None], calls: int, device: str = "cpu") -> float:
-    """Seconds per call of `run`, over `calls` calls, waiting for the device before and after."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    sync(device)
-    return (time.perf_counter() - start) / calls
-
-
-def sync(device: str) -> None:
-    """Wait for a CUDA device to finish its queued work (nothing to do on the CPU)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _where(device: str) -> str:

@@ -36,8 +36,8 @@ from torch import nn
 import mlora_peft
 from mlora_peft.tuner import layer as layer_module
 from mlora_peft import models
-from benchmarks.bench_speed import adam_step, paired_ratio, paired_ratios
-from benchmarks.spread import Spread
+from benchmarks.bench_speed import adam_step
+from benchmarks.timing import Spread, paired_ratio, paired_ratios
 from mlora_peft.features import DenseFeature, SparseFeature
 from mlora_peft.tuner.masked_linear import masked_linear
 from mlora_peft.tuner.merged_linear import merged_linear

@@ -273,7 +273,7 @@ def test_the_page_shows_commands_without_the_folders_of_the_machine_that_ran_the
 
 def test_speed_verdict_needs_three_rounds_in_four():
     """A target is met or missed only beyond the rounds' quartiles; in between the benchmark says so."""
-    from benchmarks.spread import Spread
+    from benchmarks.timing import Spread
 
     spread = Spread.of([1.4, 1.0, 1.2, 1.3, 1.1])  # quartiles by hand: 1.05, 1.2, 1.35
     assert spread == pytest.approx(Spread(median=1.2, low=1.05, high=1.35))
