@@ -192,7 +192,7 @@ class MultiDomainLoraLayer(nn.Module, BaseTunerLayer):
         output_dropout = self._active_output_dropout()
         with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
             base = self.base_layer
-            tensors = [base.weight, base.bias, self.mdlora_A[name], self.mdlora_B[name], self.mdlora_bias.get(name)]
+            tensors = [base.weight, base.bias, *self._adapter_stacks(name)]
             weight, bias, A, B, domain_bias = [_cast(t, dtype) for t in tensors]
             if output_dropout is not None:
                 low_rank = self._routed(x, None, None, A, B, domain_bias, routing, name, adapter_input)

@@ -1,9 +1,10 @@
 """The merged multi-domain linear map: rows sorted by domain, one grouped product with per-domain weights.
 
 For rows sorted by domain (domain d owns the rows `offsets[d-1]:offsets[d]`) it computes
-`W_d x + b + b_d` with the merged weights `W_d = W + s * B_d A_d`, built for the call (nothing is
-cached), in one grouped matrix product (`torch.nn.functional.grouped_mm`): the FLOPs of the plain
-layer plus `D * out * in` for the merged weights. The backward takes the per-domain weight
+`W_d x + b + b_d` with the merged weights `W_d = W + s * B_d A_d`, built for the call, in one
+grouped matrix product (`torch.nn.functional.grouped_mm`): the FLOPs of the plain layer plus
+`D * out * in` for the merged weights (in inference mode the layer keeps them between calls and
+calls `grouped_linear` alone). The backward takes the per-domain weight
 gradients `G_d = g_d^T x_d` from one grouped product (together they cost what the plain `W`
 gradient costs), then `dW = sum_d G_d`, `dA_d = s B_d^T G_d`, `dB_d = s G_d A_d^T`: the adapter
 gradients never make a pass over the rows. At CTR sizes this is the cheapest path while the merged
